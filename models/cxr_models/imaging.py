@@ -1,0 +1,137 @@
+"""Pixel transforms shared by training and inference, so both see the same image.
+
+``display_array`` turns the stored pixels of a CR/DX image into a float32 array in
+[0, 1] where 1 is the brightest displayed value (dense tissue white, MONOCHROME2 sense):
+Modality LUT / rescale, then VOI LUT sequence or window, then MONOCHROME1 inversion and
+Presentation LUT Shape. Resizing helpers keep one interpolation convention everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+logger = logging.getLogger(__name__)
+
+
+def _first(value: object) -> float | None:
+    """First value of a possibly multi-valued numeric element, or None."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        if len(value) == 0:
+            return None
+        value = value[0]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _robust_minmax(values: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    if hi <= lo:
+        lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.float32)
+    return np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def display_array(ds: pydicom.Dataset, pixels: np.ndarray | None = None) -> np.ndarray:
+    """Display-ready float32 image in [0, 1] (white = dense) from a single-frame greyscale dataset.
+
+    ``pixels`` may pass an already decoded ``ds.pixel_array`` to avoid decoding twice.
+    Raises ValueError when the dataset is not single-frame greyscale.
+    """
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"PhotometricInterpretation must be MONOCHROME1/2, got {photometric!r}")
+    arr = ds.pixel_array if pixels is None else pixels
+    if arr.ndim != 2:
+        raise ValueError(f"expected a single-frame greyscale image, got pixel array shape {arr.shape}")
+    values = apply_modality_lut(arr, ds).astype(np.float64)
+
+    has_voi_sequence = "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0
+    center = _first(ds.get("WindowCenter"))
+    width = _first(ds.get("WindowWidth"))
+    if has_voi_sequence or (center is not None and width is not None and width > 1):
+        try:
+            windowed = apply_voi_lut(values, ds, index=0).astype(np.float64)
+        except (ValueError, AttributeError, IndexError, KeyError) as exc:
+            logger.warning("VOI LUT could not be applied (%s); using robust min/max", exc)
+            out = _robust_minmax(values)
+        else:
+            if has_voi_sequence:
+                bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+                top = float(2**bits - 1) if bits > 0 else float(windowed.max() or 1.0)
+                out = np.clip(windowed / top, 0.0, 1.0).astype(np.float32)
+            else:
+                lo, hi = center - width / 2.0, center + width / 2.0
+                out = np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    else:
+        out = _robust_minmax(values)
+
+    inverse = photometric == "MONOCHROME1"
+    shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
+    if shape == "INVERSE":
+        inverse = not inverse
+    if inverse:
+        out = 1.0 - out
+    return out
+
+
+def read_dicom_display(path: Path | str) -> np.ndarray:
+    """Read a DICOM file and return its display array (see :func:`display_array`)."""
+    ds = pydicom.dcmread(str(path))
+    return display_array(ds)
+
+
+def read_image_display(path: Path | str) -> np.ndarray:
+    """Display array for a DICOM file or a PNG/JPEG (8- or 16-bit greyscale) image."""
+    path = Path(path)
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
+        with Image.open(path) as img:
+            arr = np.asarray(img)
+        if arr.ndim == 3:
+            arr = arr[..., :3].mean(axis=2)
+        top = 65535.0 if arr.dtype == np.uint16 or arr.max() > 255 else 255.0
+        return np.clip(arr.astype(np.float32) / top, 0.0, 1.0)
+    return read_dicom_display(path)
+
+
+def resize(image: np.ndarray, *, height: int, width: int, nearest: bool = False) -> np.ndarray:
+    """Resize a 2-D float or bool array with PIL (bilinear, or nearest for masks)."""
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {image.shape}")
+    if image.dtype == bool:
+        pil = Image.fromarray(image.astype(np.uint8) * 255)
+        out = pil.resize((width, height), Image.NEAREST if nearest else Image.BILINEAR)
+        return np.asarray(out) >= 128
+    pil = Image.fromarray(image.astype(np.float32), mode="F")
+    out = pil.resize((width, height), Image.NEAREST if nearest else Image.BILINEAR)
+    return np.asarray(out, dtype=np.float32)
+
+
+def read_mask(paths: tuple[Path, ...], *, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Union of binary mask images (non-zero = inside) as a bool array, resized to ``shape``."""
+    if not paths:
+        raise ValueError("paths must name at least one mask file")
+    union: np.ndarray | None = None
+    for p in paths:
+        with Image.open(p) as img:
+            m = np.asarray(img.convert("L")) > 0
+        if union is None:
+            union = m
+        else:
+            if m.shape != union.shape:
+                m = resize(m, height=union.shape[0], width=union.shape[1], nearest=True)
+            union |= m
+    assert union is not None
+    if shape is not None and union.shape != tuple(shape):
+        union = resize(union, height=shape[0], width=shape[1], nearest=True)
+    return union
