@@ -1,0 +1,37 @@
+# cxr: the two set-up commands are `make up` (install and start everything) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian packages the product and its tests use (pinned by the Debian release).
+APT_PACKAGES := dcmtk dicom3tools
+
+.PHONY: up down test venv system-deps weights-check
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+weights-check: venv
+	$(PY) -c "from cxr_models.weights import load_manifest, load_state_dict, MODEL_NAMES; m = load_manifest(); [load_state_dict(n, manifest=m) for n in MODEL_NAMES]; print('demo weights', m['version'], 'verified:', ', '.join(MODEL_NAMES))"
+
+up: system-deps venv weights-check
+	@echo "cxr is installed in $(VENV). Try: $(VENV)/bin/cxr --help"
+
+down:
+	@echo "nothing running yet"
+
+test: system-deps venv
+	$(PY) -m pytest -q

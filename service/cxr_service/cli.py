@@ -1,0 +1,50 @@
+"""``cxr``: the one command-line entry point of the project.
+
+Model commands (``phantom``, ``train``, ``evaluate``) come from :mod:`cxr_models.cli`; the
+service's own commands are added here as the service grows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from cxr_models.cli import COMMANDS as MODEL_COMMANDS
+from cxr_models.cli import Command, dispatch
+
+SERVICE_COMMANDS: dict[str, dict[str, Command] | Command] = {}
+
+
+def _usage(message: str | None = None) -> None:
+    lines = ["usage: cxr COMMAND [ARGS...]", "", "commands:"]
+    for name, entry in {**MODEL_COMMANDS, **SERVICE_COMMANDS}.items():
+        if isinstance(entry, Command):
+            lines.append(f"  {name:<22} {entry.help}")
+        else:
+            for sub, cmd in entry.items():
+                lines.append(f"  {name + ' ' + sub:<22} {cmd.help}")
+    if message:
+        lines.insert(0, message)
+    sys.stderr.write("\n".join(lines) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=os.environ.get("CXR_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        _usage()
+        raise SystemExit(0 if argv else 2)
+    for table in (MODEL_COMMANDS, SERVICE_COMMANDS):
+        if dispatch(table, argv, prog="cxr", usage=lambda m: (_usage(m), sys.exit(2))):
+            return
+    _usage(f"cxr: unknown command {argv[0]!r}")
+    raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()
