@@ -54,14 +54,18 @@ def display_array(ds: pydicom.Dataset, pixels: np.ndarray | None = None) -> np.n
     arr = ds.pixel_array if pixels is None else pixels
     if arr.ndim != 2:
         raise ValueError(f"expected a single-frame greyscale image, got pixel array shape {arr.shape}")
-    values = apply_modality_lut(arr, ds).astype(np.float64)
+    modality = apply_modality_lut(arr, ds)
+    if modality.dtype.kind == "f" and np.array_equal(modality, np.round(modality)):
+        # Integral modality values: LUT lookups (VOI LUT Sequence) index them as integers.
+        modality = modality.astype(np.int64)
+    values = modality.astype(np.float64)
 
     has_voi_sequence = "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0
     center = _first(ds.get("WindowCenter"))
     width = _first(ds.get("WindowWidth"))
     if has_voi_sequence or (center is not None and width is not None and width > 1):
         try:
-            windowed = apply_voi_lut(values, ds, index=0).astype(np.float64)
+            windowed = apply_voi_lut(modality, ds, index=0).astype(np.float64)
         except (ValueError, AttributeError, IndexError, KeyError) as exc:
             logger.warning("VOI LUT could not be applied (%s); using robust min/max", exc)
             out = _robust_minmax(values)

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydicom.uid import generate_uid
 
 from cxr_models import __version__
+from cxr_models.uid import name_uid
 from cxr_models.weights import MANIFEST_NAME, MODEL_NAMES, default_weights_dir, sha256_of
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def export_model(
         "bytes": target.stat().st_size,
         "parameters": int(sum(v.numel() for v in state.values() if torch.is_floating_point(v))),
         "dtype": "float16",
-        "uid": generate_uid(prefix=None, entropy_srcs=["cxr-model", name, digest]),
+        "uid": name_uid("cxr-model", name, digest),
     }
     manifest["models"][name] = entry
     write_manifest(weights_dir, manifest)

@@ -1,0 +1,250 @@
+"""Pieces shared by the DICOM writers: series identity, deterministic dates, equipment, codes.
+
+Every output identifies the algorithm the way the IHE AI Results (AIR) profile asks: an item of
+the Contributing Equipment Sequence per algorithm and per model, with Manufacturer, Manufacturer's
+Model Name, Software Versions, Device UID and the purpose (DCM 109102 "Processing Equipment").
+Dates and times that highdicom fills with "now" are replaced by one deterministic timestamp so
+that analysing a study twice gives byte-identical objects.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Mapping, Sequence
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from cxr_models.records import Box
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.valuerep import DA, DT, TM
+
+from cxr_service import codes
+from cxr_service.results import AlgorithmInfo, ImageResult
+from cxr_service.uids import KIND_GSPS, KIND_SC, KIND_SEG, KIND_SR, device_uid
+
+logger = logging.getLogger(__name__)
+
+SERIES_NUMBERS: Mapping[str, int] = {KIND_SR: 9901, KIND_GSPS: 9902, KIND_SEG: 9903, KIND_SC: 9904}
+SERIES_DESCRIPTIONS: Mapping[str, str] = {
+    KIND_SR: "CXR AI SR",
+    KIND_GSPS: "CXR AI GSPS",
+    KIND_SEG: "CXR AI SEG",
+    KIND_SC: "CXR AI SC",
+}
+DEMO_SUFFIX = " - DEMO WEIGHTS"
+NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE - results of demo weights"
+AI_RESULT_NOTICE = "AI RESULT - NOT FOR DIAGNOSIS"
+# Used when the source study carries no usable date (keeps outputs deterministic).
+FALLBACK_CREATED = datetime.datetime(2000, 1, 1, 0, 0, 0)
+
+# Type 2 Patient/Study attributes highdicom reads from a source header; absent ones become empty.
+_TYPE2_SOURCE_ATTRIBUTES = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+_PIXEL_DATA_TAGS = frozenset(
+    pydicom.tag.Tag(keyword) for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+)
+# (date, time) attribute pairs that highdicom sets from the clock.
+_DATE_TIME_PAIRS = (
+    ("InstanceCreationDate", "InstanceCreationTime"),
+    ("ContentDate", "ContentTime"),
+    ("SeriesDate", "SeriesTime"),
+    ("PresentationCreationDate", "PresentationCreationTime"),
+    ("DateOfSecondaryCapture", "TimeOfSecondaryCapture"),
+)
+
+
+def series_description(kind: str, *, demo_weights: bool) -> str:
+    """SeriesDescription of an output kind, marked when the weights are demo weights."""
+    if kind not in SERIES_DESCRIPTIONS:
+        raise ValueError(f"kind must be one of {sorted(SERIES_DESCRIPTIONS)}, got {kind!r}")
+    return SERIES_DESCRIPTIONS[kind] + (DEMO_SUFFIX if demo_weights else "")
+
+
+def source_header(sources: Mapping[str, pydicom.Dataset], sop_instance_uid: str) -> pydicom.Dataset:
+    """The source header of an image with the Type 2 patient/study attributes highdicom needs.
+
+    Returns a new dataset sharing the (unmodified) data elements of the source but not its
+    pixel data; the caller's dataset is not modified.
+    """
+    try:
+        ds = sources[sop_instance_uid]
+    except KeyError:
+        raise KeyError(f"no source header for SOP Instance UID {sop_instance_uid!r}") from None
+    header = pydicom.Dataset({tag: element for tag, element in ds.items() if tag not in _PIXEL_DATA_TAGS})
+    if hasattr(ds, "file_meta"):
+        header.file_meta = ds.file_meta
+    for keyword in _TYPE2_SOURCE_ATTRIBUTES:
+        if keyword not in header:
+            setattr(header, keyword, None)
+    return header
+
+
+def creation_datetime(sources: Mapping[str, pydicom.Dataset]) -> datetime.datetime:
+    """Deterministic creation timestamp for outputs: the source study's date and time.
+
+    Falls back to series/acquisition/content dates of the sources and finally to
+    :data:`FALLBACK_CREATED`, so the same sources always give the same timestamp.
+    """
+    for date_kw, time_kw in (
+        ("StudyDate", "StudyTime"),
+        ("SeriesDate", "SeriesTime"),
+        ("AcquisitionDate", "AcquisitionTime"),
+        ("ContentDate", "ContentTime"),
+    ):
+        for uid in sorted(sources):
+            ds = sources[uid]
+            date_value = str(ds.get(date_kw, "") or "").strip()
+            if not date_value:
+                continue
+            try:
+                date = DA(date_value)
+            except ValueError:
+                logger.debug("ignoring unparseable %s %r of %s", date_kw, date_value, uid)
+                continue
+            time_value = str(ds.get(time_kw, "") or "").strip()
+            time = datetime.time(0, 0, 0)
+            if time_value:
+                try:
+                    parsed = TM(time_value)
+                except ValueError:
+                    logger.debug("ignoring unparseable %s %r of %s", time_kw, time_value, uid)
+                else:
+                    time = datetime.time(parsed.hour, parsed.minute, parsed.second)
+            return datetime.datetime.combine(datetime.date(date.year, date.month, date.day), time)
+    return FALLBACK_CREATED
+
+
+def cxr_coding_scheme() -> CodingSchemeIdentificationItem:
+    """Declaration of the private 99CXR coding scheme (Coding Scheme Identification Sequence item)."""
+    return CodingSchemeIdentificationItem(
+        designator=codes.CXR_SCHEME_DESIGNATOR,
+        name=codes.CXR_SCHEME_NAME,
+        version=codes.CXR_SCHEME_VERSION,
+        responsible_organization=codes.CXR_SCHEME_RESPONSIBLE_ORGANIZATION,
+    )
+
+
+def model_parameters(algorithm: AlgorithmInfo) -> dict[str, str]:
+    """Stage name → model UID, sorted by stage, for algorithm identification parameters."""
+    return {stage: algorithm.model_uids[stage] for stage in sorted(algorithm.model_uids)}
+
+
+def contributing_equipment(
+    algorithm: AlgorithmInfo, *, created: datetime.datetime
+) -> list[hd.ContributingEquipment]:
+    """IHE AIR contributing equipment: one item for the algorithm, one per model it ran."""
+    items = []
+    algorithm_uid = device_uid(algorithm_name=algorithm.name, model_version=algorithm.version)
+    entries = [(algorithm.name, algorithm_uid, "AI algorithm")]
+    entries += [
+        (f"{algorithm.name} {stage}", uid, f"AI model of stage {stage}")
+        for stage, uid in model_parameters(algorithm).items()
+    ]
+    for model_name, uid, description in entries:
+        item = hd.ContributingEquipment(
+            manufacturer=algorithm.manufacturer,
+            purpose_of_reference=codes.PROCESSING_EQUIPMENT,
+            manufacturer_model_name=model_name,
+            software_versions=algorithm.version,
+            contribution_datetime=created,
+            contribution_description=description + (DEMO_SUFFIX if algorithm.demo_weights else ""),
+        )
+        item.DeviceUID = uid
+        items.append(item)
+    return items
+
+
+def algorithm_identification_sequence(algorithm: AlgorithmInfo) -> hd.AlgorithmIdentificationSequence:
+    """Algorithm Identification Sequence (SEG segments): name, version, family AI, model UIDs."""
+    return hd.AlgorithmIdentificationSequence(
+        name=algorithm.name,
+        family=codes.ARTIFICIAL_INTELLIGENCE,
+        version=algorithm.version,
+        source=algorithm.manufacturer,
+        parameters=model_parameters(algorithm) or None,
+    )
+
+
+def finalize(ds: pydicom.Dataset, *, created: datetime.datetime) -> None:
+    """Make the clock-derived attributes of a written dataset deterministic (in place)."""
+    date, time = DA(created.date()), TM(created.time())
+    for date_kw, time_kw in _DATE_TIME_PAIRS:
+        if date_kw in ds:
+            setattr(ds, date_kw, date)
+        if time_kw in ds:
+            setattr(ds, time_kw, time)
+    for item in ds.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = DT(created)
+
+
+def body_part_examined(ds: pydicom.Dataset) -> str:
+    """The source's Body Part Examined, else CHEST (only chest radiographs are analysed).
+
+    GSPS and SC need it: without it dciodvfy cannot tell that the body part is not paired and
+    asks for the Type 2C Laterality.
+    """
+    value = str(ds.get("BodyPartExamined", "") or "").strip()
+    return value or "CHEST"
+
+
+def image_shape(ds: pydicom.Dataset) -> tuple[int, int]:
+    """(rows, columns) of a source header."""
+    return int(ds.Rows), int(ds.Columns)
+
+
+def clip_box(box: Box, *, rows: int, columns: int) -> Box:
+    """``box`` limited to the image area ``[0, columns] x [0, rows]`` (pixel-corner coordinates)."""
+    clipped = Box(
+        min(max(box.x0, 0.0), float(columns)),
+        min(max(box.y0, 0.0), float(rows)),
+        min(max(box.x1, 0.0), float(columns)),
+        min(max(box.y1, 0.0), float(rows)),
+    )
+    if clipped != box:
+        logger.debug("box %s clipped to the %dx%d image: %s", box, columns, rows, clipped)
+    return clipped
+
+
+def rectangle(box: Box) -> np.ndarray:
+    """Closed 5-point polyline (column, row) around ``box``; the first point is repeated at the end.
+
+    Box edges are pixel-corner coordinates, the convention of DICOM SCOORD and GSPS PIXEL units
+    (top left corner of the top left pixel is 0.0\\0.0).
+    """
+    return np.array(
+        [
+            [box.x0, box.y0],
+            [box.x1, box.y0],
+            [box.x1, box.y1],
+            [box.x0, box.y1],
+            [box.x0, box.y0],
+        ],
+        dtype=np.float64,
+    )
+
+
+def region_box(image: ImageResult, ds: pydicom.Dataset) -> Box:
+    """The lung region of an analysed image, or the whole image when no lung box was found."""
+    rows, columns = image_shape(ds)
+    if image.lung_box is None or image.crop_fallback:
+        return Box(0.0, 0.0, float(columns), float(rows))
+    return clip_box(image.lung_box, rows=rows, columns=columns)
+
+
+def check_sources(images: Sequence[ImageResult], sources: Mapping[str, pydicom.Dataset]) -> None:
+    """Raise ValueError when a result image has no source header."""
+    missing = [image.sop_instance_uid for image in images if image.sop_instance_uid not in sources]
+    if missing:
+        raise ValueError(f"sources lack headers for SOP Instance UIDs {missing}")

@@ -1,0 +1,207 @@
+"""RGB Secondary Capture per analysed image with the results burned in.
+
+For viewers that show neither SR, GSPS nor SEG: the source display image (its VOI already
+applied, given as the float display array of :func:`cxr_models.imaging.display_array`) with the
+lung outline, the opacity boxes and their scores, and a banner "AI RESULT – NOT FOR DIAGNOSIS"
+(plus "DEMO WEIGHTS" with demo weights). The longest side is capped at ``max_side`` pixels,
+keeping the aspect ratio; the image is never enlarged.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Mapping
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from cxr_models.imaging import resize
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.uid import ExplicitVRLittleEndian
+from scipy import ndimage
+
+from cxr_service.results import ImageResult, StudyResult
+from cxr_service.uids import KIND_SC, instance_uid, series_uid
+from cxr_service.writers.common import (
+    NOT_FOR_CLINICAL_USE,
+    SERIES_NUMBERS,
+    body_part_examined,
+    check_sources,
+    clip_box,
+    contributing_equipment,
+    creation_datetime,
+    finalize,
+    image_shape,
+    series_description,
+    source_header,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_SIDE = 2048
+BANNER = "AI RESULT \u2013 NOT FOR DIAGNOSIS"
+DEMO_BANNER = "DEMO WEIGHTS"
+BOX_COLOR = (255, 64, 64)
+LUNG_COLOR = (64, 224, 64)
+TEXT_COLOR = (255, 255, 0)
+_ORIENTATION_LETTERS = frozenset("APLRHF")
+
+
+def output_shape(rows: int, columns: int, *, max_side: int) -> tuple[int, int]:
+    """(rows, columns) of the SC: the source size scaled down so the longest side is <= max_side."""
+    if max_side < 16:
+        raise ValueError(f"max_side must be >= 16, got {max_side}")
+    scale = min(1.0, max_side / max(rows, columns))
+    return max(1, round(rows * scale)), max(1, round(columns * scale))
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """Boundary pixels of a boolean mask (mask minus its erosion), two pixels thick."""
+    return mask & ~ndimage.binary_erosion(mask, iterations=2)
+
+
+def render(
+    image: ImageResult,
+    display: np.ndarray,
+    *,
+    result: StudyResult,
+    max_side: int = DEFAULT_MAX_SIDE,
+) -> np.ndarray:
+    """The burned-in RGB uint8 image (rows, columns, 3) for one analysed image."""
+    if display.ndim != 2:
+        raise ValueError(f"display of image {image.sop_instance_uid} must be 2-D, got shape {display.shape}")
+    rows, columns = display.shape
+    out_rows, out_columns = output_shape(rows, columns, max_side=max_side)
+    scale_y, scale_x = out_rows / rows, out_columns / columns
+    resized = (out_rows, out_columns) != (rows, columns)
+    grey = resize(display, height=out_rows, width=out_columns) if resized else display
+    grey8 = np.clip(np.rint(np.asarray(grey, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    rgb = np.repeat(grey8[:, :, np.newaxis], 3, axis=2)
+
+    if image.lung_mask is not None:
+        if image.lung_mask.shape != (rows, columns):
+            raise ValueError(
+                f"lung_mask of image {image.sop_instance_uid} has shape {image.lung_mask.shape}, "
+                f"the display {(rows, columns)}"
+            )
+        mask = image.lung_mask
+        if resized:
+            mask = resize(mask, height=out_rows, width=out_columns, nearest=True)
+        rgb[_outline(mask)] = LUNG_COLOR
+
+    canvas = Image.fromarray(rgb, mode="RGB")
+    draw = ImageDraw.Draw(canvas)
+    longest = max(out_rows, out_columns)
+    line_width = max(1, round(longest / 400))
+    font = _font(max(10, round(longest / 45)))
+    for opacity in image.opacities:
+        box = clip_box(opacity.box, rows=rows, columns=columns)
+        x0, y0 = box.x0 * scale_x, box.y0 * scale_y
+        x1, y1 = max(box.x1 * scale_x - 1, x0), max(box.y1 * scale_y - 1, y0)
+        draw.rectangle((x0, y0, x1, y1), outline=BOX_COLOR, width=line_width)
+        label = f"opacity {opacity.score:.2f}"
+        text_height = font.getbbox(label)[3]
+        text_y = y0 - text_height - line_width if y0 - text_height - line_width >= 0 else y0 + line_width
+        draw.text((x0 + line_width, text_y), label, fill=TEXT_COLOR, font=font)
+
+    banner = [BANNER]
+    if result.study_label is not None:
+        banner.append(f"study: {result.study_label}")
+    if image.opacity_percent is not None:
+        banner.append(f"opacity {image.opacity_percent:.1f}% of lungs")
+    if result.algorithm.demo_weights:
+        banner.append(DEMO_BANNER)
+    margin = max(2, round(longest / 200))
+    draw.multiline_text((margin, margin), "\n".join(banner), fill=TEXT_COLOR, font=font)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def _patient_orientation(ds: pydicom.Dataset) -> tuple[str, str] | None:
+    value = ds.get("PatientOrientation")
+    if value is None or len(value) != 2:
+        return None
+    row, column = (str(v).strip().upper() for v in value)
+    if row in _ORIENTATION_LETTERS and column in _ORIENTATION_LETTERS:
+        return row, column
+    return None
+
+
+def write_sc(
+    result: StudyResult,
+    sources: Mapping[str, pydicom.Dataset],
+    displays: Mapping[str, np.ndarray],
+    *,
+    created: datetime.datetime | None = None,
+    max_side: int = DEFAULT_MAX_SIDE,
+) -> list[hd.sc.SCImage]:
+    """One RGB Secondary Capture per analysed image, in image order.
+
+    ``displays`` maps SOP Instance UID → display array (float in [0, 1], white = dense, source
+    VOI applied, original size) of every analysed image.
+    """
+    check_sources(result.analysed_images, sources)
+    missing = [image.sop_instance_uid for image in result.analysed_images if image.sop_instance_uid not in displays]
+    if missing:
+        raise ValueError(f"displays lack the analysed images {missing}")
+    created = creation_datetime(sources) if created is None else created
+    algorithm = result.algorithm
+    outputs = []
+    for number, image in enumerate(result.analysed_images, start=1):
+        ds = source_header(sources, image.sop_instance_uid)
+        display = displays[image.sop_instance_uid]
+        if display.shape != image_shape(ds):
+            raise ValueError(
+                f"display of image {image.sop_instance_uid} has shape {display.shape}, the source {image_shape(ds)}"
+            )
+        orientation = _patient_orientation(ds)
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=ds,
+            pixel_array=render(image, display, result=result, max_side=max_side),
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid=series_uid(
+                study_uid=result.study_instance_uid, model_version=algorithm.version, kind=KIND_SC
+            ),
+            series_number=SERIES_NUMBERS[KIND_SC],
+            sop_instance_uid=instance_uid(
+                source_uid=image.sop_instance_uid, model_version=algorithm.version, kind=KIND_SC
+            ),
+            instance_number=number,
+            manufacturer=algorithm.manufacturer,
+            # highdicom requires an orientation for PATIENT; an unknown one is emptied below.
+            patient_orientation=orientation if orientation is not None else ("L", "F"),
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            contributing_equipment=contributing_equipment(algorithm, created=created),
+            series_description=series_description(KIND_SC, demo_weights=algorithm.demo_weights),
+            manufacturer_model_name=algorithm.name,
+            software_versions=algorithm.version,
+            content_date=created.date(),
+            content_time=created.time(),
+            series_date=created.date(),
+            series_time=created.time(),
+        )
+        if orientation is None:
+            sc.PatientOrientation = None
+        sc.BurnedInAnnotation = "YES"
+        sc.DerivationDescription = f"{algorithm.name} {algorithm.version} results burned into the source display image"
+        sc.SourceImageSequence = [_source_reference(ds)]
+        sc.BodyPartExamined = body_part_examined(ds)
+        if algorithm.demo_weights:
+            sc.ImageComments = NOT_FOR_CLINICAL_USE
+        finalize(sc, created=created)
+        outputs.append(sc)
+    logger.info("%d SC for study %s", len(outputs), result.study_instance_uid)
+    return outputs
+
+
+def _source_reference(ds: pydicom.Dataset) -> pydicom.Dataset:
+    item = pydicom.Dataset()
+    item.ReferencedSOPClassUID = ds.SOPClassUID
+    item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    return item

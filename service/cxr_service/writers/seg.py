@@ -1,0 +1,167 @@
+"""BINARY Segmentation per analysed image: the lungs and the opacity, in the source geometry.
+
+Segments: 1 = lungs (SCT "Anatomical Structure" / "Lung"), 2 = opacity (SCT "Morphologically
+Abnormal Structure" / DCM "Opacity"), each identified by the algorithm (Algorithm Identification
+Sequence). The masks are the pipeline's boolean masks in the original image size; one frame per
+segment, referencing the source image. A CR/DX source has no plane orientation or position, and
+highdicom then derives a segmentation without a frame of reference, as for any 2-D projection
+image. Empty segments are kept (a frame of zeros) so that "no opacity" is stated explicitly.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Mapping
+
+import highdicom as hd
+import numpy as np
+import pydicom
+
+from cxr_service import codes
+from cxr_service.results import AlgorithmInfo, ImageResult, StudyResult
+from cxr_service.uids import KIND_SEG, derive_uid, instance_uid, series_uid
+from cxr_service.writers.common import (
+    DEMO_SUFFIX,
+    NOT_FOR_CLINICAL_USE,
+    SERIES_NUMBERS,
+    algorithm_identification_sequence,
+    check_sources,
+    contributing_equipment,
+    creation_datetime,
+    finalize,
+    image_shape,
+    series_description,
+    source_header,
+)
+
+logger = logging.getLogger(__name__)
+
+LUNG_SEGMENT_LABEL = "Lungs"
+OPACITY_SEGMENT_LABEL = "Opacity"
+CONTENT_LABEL = "CXR_AI"
+
+
+def _segment(
+    *, number: int, label: str, category, property_type, algorithm: AlgorithmInfo, tracking_uid: str
+) -> hd.seg.SegmentDescription:
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=label,
+        segmented_property_category=category,
+        segmented_property_type=property_type,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm_identification_sequence(algorithm),
+        tracking_uid=tracking_uid,
+        tracking_id=f"{label} ({algorithm.name})",
+    )
+
+
+def _checked_mask(mask: np.ndarray, *, name: str, shape: tuple[int, int], uid: str) -> np.ndarray:
+    if mask.shape != shape:
+        raise ValueError(f"{name} of image {uid} has shape {mask.shape}, the source image {shape}")
+    return mask.astype(bool)
+
+
+def _segments_and_masks(
+    image: ImageResult, ds: pydicom.Dataset, *, algorithm: AlgorithmInfo
+) -> tuple[list[hd.seg.SegmentDescription], list[np.ndarray]]:
+    shape = image_shape(ds)
+    version = algorithm.version
+    descriptions, masks = [], []
+    entries = (
+        (image.lung_mask, "lung_mask", LUNG_SEGMENT_LABEL, codes.ANATOMICAL_STRUCTURE, codes.LUNG, "segment/lungs"),
+        (
+            image.opacity_mask,
+            "opacity_mask",
+            OPACITY_SEGMENT_LABEL,
+            codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+            codes.OPACITY,
+            "segment/opacity",
+        ),
+    )
+    for mask, name, label, category, property_type, kind in entries:
+        if mask is None:
+            continue
+        descriptions.append(
+            _segment(
+                number=len(descriptions) + 1,
+                label=label,
+                category=category,
+                property_type=property_type,
+                algorithm=algorithm,
+                tracking_uid=derive_uid(source_uid=image.sop_instance_uid, model_version=version, kind=kind),
+            )
+        )
+        masks.append(_checked_mask(mask, name=name, shape=shape, uid=image.sop_instance_uid))
+    return descriptions, masks
+
+
+def _set_dimension_organization_uid(seg: hd.seg.Segmentation, uid: str) -> None:
+    """Replace the random Dimension Organization UID highdicom generates (keeps re-runs identical)."""
+    old = {item.DimensionOrganizationUID for item in seg.DimensionOrganizationSequence}
+    for item in seg.DimensionOrganizationSequence:
+        item.DimensionOrganizationUID = uid
+    for item in seg.get("DimensionIndexSequence", []):
+        if item.get("DimensionOrganizationUID") in old:
+            item.DimensionOrganizationUID = uid
+
+
+def write_seg(
+    result: StudyResult,
+    sources: Mapping[str, pydicom.Dataset],
+    *,
+    created: datetime.datetime | None = None,
+) -> list[hd.seg.Segmentation]:
+    """One SEG per analysed image that has masks, in image order."""
+    check_sources(result.analysed_images, sources)
+    created = creation_datetime(sources) if created is None else created
+    algorithm = result.algorithm
+    outputs = []
+    for image in result.analysed_images:
+        ds = source_header(sources, image.sop_instance_uid)
+        descriptions, masks = _segments_and_masks(image, ds, algorithm=algorithm)
+        if not masks:
+            logger.warning("no masks for analysed image %s: no SEG written", image.sop_instance_uid)
+            continue
+        pixel_array = np.stack(masks, axis=-1)[np.newaxis]
+        seg = hd.seg.Segmentation(
+            source_images=[ds],
+            pixel_array=pixel_array,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=series_uid(
+                study_uid=result.study_instance_uid, model_version=algorithm.version, kind=KIND_SEG
+            ),
+            series_number=SERIES_NUMBERS[KIND_SEG],
+            sop_instance_uid=instance_uid(
+                source_uid=image.sop_instance_uid, model_version=algorithm.version, kind=KIND_SEG
+            ),
+            instance_number=len(outputs) + 1,
+            manufacturer=algorithm.manufacturer,
+            manufacturer_model_name=algorithm.name,
+            software_versions=algorithm.version,
+            device_serial_number=algorithm.version,
+            content_label=CONTENT_LABEL,
+            content_description=f"{algorithm.name} lungs and opacity{DEMO_SUFFIX if algorithm.demo_weights else ''}",
+            omit_empty_frames=False,
+            contributing_equipment=contributing_equipment(algorithm, created=created),
+            series_description=series_description(KIND_SEG, demo_weights=algorithm.demo_weights),
+            content_date=created.date(),
+            content_time=created.time(),
+            series_date=created.date(),
+            series_time=created.time(),
+        )
+        _set_dimension_organization_uid(
+            seg,
+            derive_uid(source_uid=image.sop_instance_uid, model_version=algorithm.version, kind="seg/dimensions"),
+        )
+        if "PatientOrientation" not in seg:
+            # Type 2C in General Image when there is no plane orientation (projection radiograph).
+            seg.PatientOrientation = ds.get("PatientOrientation") or None
+        if algorithm.demo_weights:
+            seg.ImageComments = NOT_FOR_CLINICAL_USE
+        finalize(seg, created=created)
+        outputs.append(seg)
+    logger.info("%d SEG for study %s", len(outputs), result.study_instance_uid)
+    return outputs
