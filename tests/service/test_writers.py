@@ -582,7 +582,6 @@ def test_missing_source_header_is_named(result, headers):
     assert write_seg(result, headers)[0].SOPInstanceUID != write_seg(result, headers)[1].SOPInstanceUID
 
 
-# cxr_models.imaging.display_array applies the VOI LUT to a float array, which pydicom warns about
 def test_dx_sources_with_sparse_headers_and_voi_lut(tmp_path):
     """DX sources without Body Part Examined, Patient Orientation or Accession Number, one with a
     12-bit VOI LUT (OW) instead of a window: outputs stay valid and keep the source VOI."""
