@@ -64,7 +64,7 @@ class ImageResult:
     sop_instance_uid: str
     series_instance_uid: str
     sop_class_uid: str
-    view: str
+    view: str | None  # None only for images rejected before the view filter ran
     view_probabilities: Mapping[str, float]
     analysed: bool
     reason: str | None = None
@@ -76,8 +76,10 @@ class ImageResult:
     opacity_mask: np.ndarray | None = field(default=None, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.view not in VIEWS:
-            raise ValueError(f"view must be one of {VIEWS}, got {self.view!r}")
+        if self.view is None and self.analysed:
+            raise ValueError("view is required for an analysed image, got None")
+        if self.view is not None and self.view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS} or None, got {self.view!r}")
         if not self.analysed and not self.reason:
             raise ValueError(f"reason is required for a skipped image, got {self.reason!r}")
         if self.analysed and self.reason is not None:

@@ -533,7 +533,7 @@ def test_study_without_analysed_images(headers, tmp_path):
         sop_instance_uid="1.2.826.0.1.3680043.8.498.77009",
         series_instance_uid="1.2.826.0.1.3680043.8.498.77008",
         sop_class_uid=pydicom.uid.CTImageStorage,
-        view="other",
+        view=None,
         view_probabilities={},
         analysed=False,
         reason="SOP class CT Image Storage is not CR/DX",
