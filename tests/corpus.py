@@ -75,6 +75,7 @@ ANALYSABLE_CASES: tuple[str, ...] = (
     "deflated_explicit_vr_little_endian",
     "monochrome1",
     "presentation_lut_inverse",
+    "monochrome1_presentation_lut_inverse",
     "bits_stored_8",
     "bits_stored_10",
     "bits_stored_14",
@@ -383,6 +384,11 @@ class _Builder:
         self.analysable(name, self.write(name, ds), REFERENCE_CASE)
         name = "presentation_lut_inverse"
         ds = self.image(name, inverted, bits_stored=BITS)
+        ds.PresentationLUTShape = "INVERSE"
+        self.analysable(name, self.write(name, ds), REFERENCE_CASE)
+        # DX For Presentation writes MONOCHROME1 together with INVERSE: one inversion, not two.
+        name = "monochrome1_presentation_lut_inverse"
+        ds = self.image(name, inverted, bits_stored=BITS, photometric="MONOCHROME1")
         ds.PresentationLUTShape = "INVERSE"
         self.analysable(name, self.write(name, ds), REFERENCE_CASE)
 

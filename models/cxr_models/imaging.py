@@ -80,11 +80,10 @@ def display_array(ds: pydicom.Dataset, pixels: np.ndarray | None = None) -> np.n
     else:
         out = _robust_minmax(values)
 
-    inverse = photometric == "MONOCHROME1"
+    # MONOCHROME1 and Presentation LUT Shape INVERSE each mean "low values display white". DX For
+    # Presentation requires INVERSE alongside MONOCHROME1: the two describe ONE inversion, never two.
     shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
-    if shape == "INVERSE":
-        inverse = not inverse
-    if inverse:
+    if photometric == "MONOCHROME1" or shape == "INVERSE":
         out = 1.0 - out
     return out
 
