@@ -271,3 +271,17 @@ def test_render_study_api_and_argument_errors(tmp_path: Path) -> None:
     (tmp_path / "busy" / "x.txt").write_text("x")
     with pytest.raises(ValueError, match="empty"):
         generate_dataset(tmp_path / "busy", n_studies=1, seed=0, size_range=SIZE)
+
+
+def test_expose_stays_finite_where_relative_attenuation_undershoots_zero() -> None:
+    """Summed relative attenuations (lung air minus tissue) can dip below zero at the body's edge;
+    the detector signal must stay finite there (an overflow once wrote NaN pixels)."""
+    from cxr_models.phantom.detector import expose, sample_exposure
+
+    rng = np.random.default_rng(0)
+    exposure = sample_exposure(rng, view="PA", portable=False)
+    attenuation = np.full((64, 64), 2.0, dtype=np.float32)
+    attenuation[20:40, 20:40] = -1.0  # exactly where 1 + a == 0 in the beam-hardening term
+    attenuation[0:5, 0:5] = -3.0
+    signal = expose(attenuation, spacing=0.4, exposure=exposure, field=np.ones_like(attenuation), rng=rng)
+    assert np.all(np.isfinite(signal))

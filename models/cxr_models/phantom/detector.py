@@ -179,6 +179,9 @@ def expose(
     rng: np.random.Generator,
 ) -> np.ndarray:
     """The detector's log signal ``-log(I / I0)`` (float32), noisy, for the line integral ``attenuation``."""
+    # A line integral is never negative; summed relative attenuations (air in the lungs or a
+    # pneumothorax minus tissue) can undershoot zero at the body's edge, where exp(-p) would overflow.
+    attenuation = np.maximum(attenuation, np.float32(0.0))
     p = attenuation - np.float32(exposure.hardening) * attenuation * attenuation / (1.0 + attenuation)
     rows, cols = p.shape
     primary = np.exp(-p) * field
