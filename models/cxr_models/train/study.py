@@ -1,0 +1,243 @@
+"""Train the study classifier (negative / typical / indeterminate / atypical) on whole studies.
+
+``python -m cxr_models.train.study --data DIR --out DIR [--lungs-weights W --opacity-weights W]``.
+Each frontal image of a labelled study becomes the 128x128 crop stack of
+:mod:`cxr_models.inference.study` (image, lung mask, opacity probability, coordinates).
+
+Train/serve consistency: with ``--lungs-weights`` / ``--opacity-weights`` (a trainer checkpoint
+or a shipped fp16 state dict) the lung masks, crops and opacity probabilities come from the
+upstream models' PREDICTIONS, exactly as the service computes them; the shipped study model is
+trained this way. Without them the ground-truth masks stand in (lung mask from the dataset,
+opacity probability = the ground-truth opacity mask), which is fine for development but gives a
+model that has never seen imperfect upstream inputs. The inputs are computed once into the cache
+(the key includes the weights files' hashes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxr_models.datasets import load_image, load_lung_mask, load_opacity_mask, read_dataset
+from cxr_models.evaluation.metrics import macro_auc_ovr
+from cxr_models.inference.crop import decide_crop
+from cxr_models.inference.lungs import LungSegmenter
+from cxr_models.inference.opacity import OpacitySegmenter
+from cxr_models.inference.study import StudyImageInput, crop_channels, network_input
+from cxr_models.nets.common import load_weights_file
+from cxr_models.nets.study import INPUT_SIZE, build_study
+from cxr_models.records import STUDY_LABELS, ImageRecord
+from cxr_models.train.augment import AffineJitter, IntensityJitter, jitter_intensity, random_affine, warp
+from cxr_models.train.cache import cached_arrays
+from cxr_models.train.common import add_common_args, resolve_device
+from cxr_models.train.data import from_uint8, record_ids, split_records, study_of, to_uint8
+from cxr_models.train.engine import Defaults, configure_logging, fit, setup_run
+
+logger = logging.getLogger(__name__)
+
+PREPROCESS_VERSION = 1
+DEFAULTS = Defaults(epochs=25, batch_size=16, lr=3e-3, weight_decay=1e-3)
+AFFINE = AffineJitter(scale=(0.93, 1.07), shift=0.03, rotate_degrees=4.0, flip_probability=0.5)
+INTENSITY = IntensityJitter()
+LABEL_SMOOTHING = 0.05
+
+
+def select_records(records: list[ImageRecord]) -> list[ImageRecord]:
+    """Frontal images of studies with a study label."""
+    return [r for r in records if r.view == "frontal" and r.study_label is not None]
+
+
+def file_digest(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class StudyInputBuilder:
+    """Builds each image's crop stack, from upstream predictions or from ground-truth masks.
+
+    Picklable (it holds paths); the upstream models are loaded on first use in each process.
+    """
+
+    def __init__(self, *, lungs_weights: Path | None, opacity_weights: Path | None, device: str) -> None:
+        self.lungs_weights = lungs_weights
+        self.opacity_weights = opacity_weights
+        self.device = device
+        self._lungs: LungSegmenter | None = None
+        self._opacity: OpacitySegmenter | None = None
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_lungs": None, "_opacity": None}
+
+    def _lung_segmenter(self) -> LungSegmenter:
+        if self._lungs is None:
+            assert self.lungs_weights is not None
+            state = load_weights_file(self.lungs_weights)
+            self._lungs = LungSegmenter.from_state_dict(state, device=resolve_device(self.device))
+        return self._lungs
+
+    def _opacity_segmenter(self) -> OpacitySegmenter:
+        if self._opacity is None:
+            assert self.opacity_weights is not None
+            state = load_weights_file(self.opacity_weights)
+            self._opacity = OpacitySegmenter.from_state_dict(state, device=resolve_device(self.device))
+        return self._opacity
+
+    def study_input(self, record: ImageRecord) -> StudyImageInput:
+        image = load_image(record)
+        if self.lungs_weights is not None:
+            lungs = self._lung_segmenter().predict([image])[0].mask
+        else:
+            lungs = load_lung_mask(record, shape=image.shape)
+            if lungs is None:
+                raise ValueError(f"record {record.image_id!r} has no lung mask; pass --lungs-weights")
+        crop = decide_crop(lungs, shape=image.shape).box
+        if self.opacity_weights is not None:
+            prediction = self._opacity_segmenter().predict([image], crops=[crop], lung_masks=[lungs])[0]
+            opacity = prediction.probability
+        else:
+            mask = load_opacity_mask(record, shape=image.shape)
+            if mask is None:
+                raise ValueError(f"record {record.image_id!r} has no opacity mask; pass --opacity-weights")
+            opacity = mask.astype(np.float32)
+        return StudyImageInput(image=image, lung_mask=lungs, opacity_probability=opacity, crop=crop)
+
+    def __call__(self, record: ImageRecord) -> dict[str, np.ndarray]:
+        return {"channels": to_uint8(crop_channels(self.study_input(record)))}
+
+
+def group_studies(records: list[ImageRecord]) -> tuple[list[list[int]], np.ndarray]:
+    """Row indices of each study's images (studies in first-seen order) and the study labels."""
+    rows: dict[str, list[int]] = defaultdict(list)
+    labels: dict[str, str] = {}
+    for index, record in enumerate(records):
+        key = study_of(record)
+        rows[key].append(index)
+        if labels.setdefault(key, record.study_label) != record.study_label:
+            raise ValueError(f"study {key!r} has conflicting labels {labels[key]!r} and {record.study_label!r}")
+    order = list(rows)
+    return [rows[k] for k in order], np.array([STUDY_LABELS.index(labels[k]) for k in order], dtype=np.int64)
+
+
+class StudyTask:
+    metric = "macro_auc"
+    higher_is_better = True
+
+    def __init__(
+        self, *, channels: np.ndarray, studies: list[list[int]], labels: np.ndarray, n_train: int,
+        val_batch_size: int = 64,
+    ) -> None:
+        self.channels = channels
+        self.studies = studies
+        self.labels = labels
+        self.n_train = n_train
+        self.val_batch_size = val_batch_size
+
+    @property
+    def train_size(self) -> int:
+        return self.n_train
+
+    def _batch(self, study_ids: np.ndarray, *, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [row for s in study_ids for row in self.studies[s]]
+        index = [k for k, s in enumerate(study_ids) for _ in self.studies[s]]
+        x = torch.from_numpy(from_uint8(self.channels[np.array(rows)])).to(device)
+        return x, torch.tensor(index, device=device)
+
+    def loss(
+        self, model: torch.nn.Module, indices: np.ndarray, *, generator: torch.Generator, device: torch.device
+    ) -> torch.Tensor:
+        x, study_index = self._batch(indices, device=device)
+        x = warp(x, random_affine(len(x), jitter=AFFINE, generator=generator), size=INPUT_SIZE)
+        x = torch.cat([jitter_intensity(x[:, :1], jitter=INTENSITY, generator=generator), x[:, 1:]], dim=1)
+        logits = model(network_input(x), study_index, len(indices)).float()
+        target = torch.from_numpy(self.labels[indices]).to(device)
+        return F.cross_entropy(logits, target, label_smoothing=LABEL_SMOOTHING)
+
+    def validate(self, model: torch.nn.Module, *, device: torch.device) -> dict[str, float]:
+        val = np.arange(self.n_train, len(self.studies))
+        if val.size == 0:
+            return {}
+        probabilities, total_loss = [], 0.0
+        with torch.inference_mode():
+            for start in range(0, val.size, self.val_batch_size):
+                chunk = val[start : start + self.val_batch_size]
+                x, study_index = self._batch(chunk, device=device)
+                logits = model(network_input(x), study_index, len(chunk)).float()
+                target = torch.from_numpy(self.labels[chunk]).to(device)
+                total_loss += float(F.cross_entropy(logits, target, reduction="sum"))
+                probabilities.append(torch.softmax(logits, dim=1).cpu().numpy())
+        probs = np.concatenate(probabilities)
+        truth = self.labels[val]
+        metrics = {"loss": total_loss / val.size, "accuracy": float((probs.argmax(1) == truth).mean())}
+        auc = macro_auc_ovr(probs, [STUDY_LABELS[k] for k in truth], STUDY_LABELS)
+        if auc is not None:
+            metrics["macro_auc"] = auc
+        return metrics
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train the 4-class study classifier.")
+    add_common_args(parser)
+    parser.add_argument(
+        "--lungs-weights", type=Path, default=None,
+        help="lung model checkpoint or fp16 state dict: train on its predicted masks (default: ground truth)",
+    )
+    parser.add_argument(
+        "--opacity-weights", type=Path, default=None,
+        help="opacity model checkpoint or fp16 state dict: train on its probabilities (default: ground truth)",
+    )
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    configure_logging()
+    device = setup_run(args)
+    split = split_records(
+        select_records(read_dataset(args.data, format=args.format)),
+        val_fraction=args.val_fraction, seed=args.seed, limit=args.limit,
+    )
+    ground_truth = [n for n, w in (("lung masks", args.lungs_weights), ("opacity", args.opacity_weights)) if w is None]
+    if ground_truth:
+        logger.warning(
+            "study inputs use ground-truth %s; the shipped model is trained on upstream predictions",
+            " and ".join(ground_truth),
+        )
+    builder = StudyInputBuilder(
+        lungs_weights=args.lungs_weights, opacity_weights=args.opacity_weights, device=str(device)
+    )
+    records = split.records
+    arrays = cached_arrays(
+        args.out / "cache", name="study", version=PREPROCESS_VERSION,
+        params={
+            "size": INPUT_SIZE,
+            "lungs_weights": file_digest(args.lungs_weights),
+            "opacity_weights": file_digest(args.opacity_weights),
+        },
+        items=records, ids=record_ids(records), build=builder, workers=args.workers,
+        disable_progress=args.no_progress,
+    )
+    train_studies, train_labels = group_studies(split.train)
+    val_studies, val_labels = group_studies(split.val)
+    offset = len(split.train)
+    studies = train_studies + [[row + offset for row in rows] for rows in val_studies]
+    labels = np.concatenate([train_labels, val_labels])
+    logger.info(
+        "study classes (train): %s", {c: int((train_labels == k).sum()) for k, c in enumerate(STUDY_LABELS)}
+    )
+    task = StudyTask(channels=arrays["channels"], studies=studies, labels=labels, n_train=len(train_studies))
+    extra = {"lungs_weights": file_digest(args.lungs_weights), "opacity_weights": file_digest(args.opacity_weights)}
+    result = fit(args, task=task, model=build_study(), defaults=DEFAULTS, device=device, extra=extra)
+    print(json.dumps(asdict(result)))
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
