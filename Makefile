@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the product and its tests use (pinned by the Debian release).
-APT_PACKAGES := dcmtk dicom3tools
+APT_PACKAGES := dcmtk dicom3tools fonts-dejavu-core
 
 .PHONY: up down test venv system-deps weights-check
 
@@ -27,8 +27,14 @@ system-deps:
 weights-check: venv
 	$(PY) -c "from cxr_models.weights import load_manifest, load_state_dict, MODEL_NAMES; m = load_manifest(); [load_state_dict(n, manifest=m) for n in MODEL_NAMES]; print('demo weights', m['version'], 'verified:', ', '.join(MODEL_NAMES))"
 
+DEMO_DIR := var/demo
+
 up: system-deps venv weights-check
-	@echo "cxr is installed in $(VENV). Try: $(VENV)/bin/cxr --help"
+	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
+	$(VENV)/bin/cxr phantom generate --out $(DEMO_DIR)/phantom --n-studies 1 --seed 7 --size-range 1024 1536 --other-fraction 0 --no-progress
+	$(VENV)/bin/cxr analyze $(DEMO_DIR)/phantom/train --out $(DEMO_DIR)/results
+	@echo "cxr is installed in $(VENV); a demo PhantomCXR study was analysed into $(DEMO_DIR)/results."
+	@echo "The service, Orthanc and the viewer are not part of this release yet (see README: Status)."
 
 down:
 	@echo "nothing running yet"

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from cxr_models.cli import COMMANDS as MODEL_COMMANDS
 from cxr_models.cli import Command, dispatch
 
-SERVICE_COMMANDS: dict[str, dict[str, Command] | Command] = {}
+SERVICE_COMMANDS: dict[str, dict[str, Command] | Command] = {
+    "analyze": Command("cxr_service.analyze_cli", "analyse DICOM files/folders: SR, GSPS, SEG, SC and result.json"),
+}
 
 
 def _usage(message: str | None = None) -> None:
@@ -36,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=os.environ.get("CXR_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # highdicom logs every attribute module it copies at INFO.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
     if not argv or argv[0] in ("-h", "--help", "help"):
         _usage()
         raise SystemExit(0 if argv else 2)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -56,7 +57,19 @@ def output_shape(rows: int, columns: int, *, max_side: int) -> tuple[int, int]:
     return max(1, round(rows * scale)), max(1, round(columns * scale))
 
 
+def _font_paths() -> Iterator[Path]:
+    """DejaVu Sans (covers the en dash of the banner): Debian's copy, else matplotlib's."""
+    yield Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+    import matplotlib
+
+    yield Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+
+
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    for path in _font_paths():
+        if path.is_file():
+            return ImageFont.truetype(str(path), size)
+    logger.warning("DejaVu Sans not found; the SC banner uses PIL's default font")
     return ImageFont.load_default(size=size)
 
 

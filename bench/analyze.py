@@ -1,0 +1,92 @@
+"""Per-stage latency of `cxr analyze` on the CPU (or CUDA): decode, each model stage, the writers.
+
+    python bench/analyze.py --size 2048 --images 5
+
+Renders PhantomCXR frontal chest radiographs at ``--size`` x ``--size``, writes them as DICOM,
+then for each image times ingest (file read, decode, display transform), the model stages (one
+image per study, so nothing is amortised) and the four DICOM writers, and prints the mean and
+p95 milliseconds per stage and the total per image. The target is <= 1500 ms per 2k x 2k image
+on a 2-core CPU, decode included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxr_models.inference.pipeline import Analyzer
+from cxr_models.phantom.dicom_io import write_dicom
+from cxr_models.phantom.study import render_study
+from cxr_service.analysis import algorithm_info, analyze_study
+from cxr_service.ingest import ingest_file
+from cxr_service.writers import write_all
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Per-stage latency of the analysis pipeline")
+    parser.add_argument("--size", type=int, default=2048, help="image side in pixels")
+    parser.add_argument("--images", type=int, default=5, help="timed images (after one warm-up)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    return parser
+
+
+def frontal_files(folder: Path, *, count: int, size: int) -> list[Path]:
+    files: list[Path] = []
+    index = 0
+    while len(files) < count:
+        study = render_study(seed=2024, study_index=index, size_range=(size, size), other_fraction=0.0, label="typical")
+        index += 1
+        for image in study.images:
+            if image.view == "frontal":
+                files.append(write_dicom(folder / f"{len(files):03d}.dcm", study, image))
+                break
+    return files
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    analyzer = Analyzer.load(weights_dir=args.weights, device=args.device)
+    algorithm = algorithm_info(analyzer.manifest)
+    stages: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = frontal_files(Path(tmp), count=args.images + 1, size=args.size)
+        for n, path in enumerate(files):
+            start = time.perf_counter()
+            item = ingest_file(path)
+            ingest_ms = (time.perf_counter() - start) * 1000.0
+            study = analyze_study([item], study_instance_uid=item.study_instance_uid, analyzer=analyzer, algorithm=algorithm)
+            start = time.perf_counter()
+            write_all(study.result, study.sources, study.displays)
+            writers_ms = (time.perf_counter() - start) * 1000.0
+            if n == 0:
+                continue  # warm-up
+            timings = {"decode+ingest": ingest_ms, **{k: v for k, v in study.result.timings_ms.items() if k not in ("ingest", "models_total")}, "writers": writers_ms}
+            timings["total"] = ingest_ms + study.result.timings_ms["models_total"] + writers_ms
+            for k, v in timings.items():
+                stages.setdefault(k, []).append(v)
+    print(f"cxr analyze latency, {args.size}x{args.size} frontal CR, device {args.device}, "
+          f"{torch.get_num_threads()} threads, {args.images} images (after 1 warm-up)")
+    print(f"{'stage':<16}{'mean ms':>10}{'p95 ms':>10}")
+    for k, v in stages.items():
+        print(f"{k:<16}{statistics.fmean(v):>10.1f}{percentile(v, 95):>10.1f}")
+    if args.json:
+        print(json.dumps({k: {"mean_ms": statistics.fmean(v), "p95_ms": percentile(v, 95)} for k, v in stages.items()}))
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
