@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -62,3 +64,29 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
 def from_uint8(values: np.ndarray) -> np.ndarray:
     """uint8 packed display values back to float32 in [0, 1]."""
     return np.asarray(values, dtype=np.float32) / 255.0
+
+
+def load_split_arrays(
+    args: argparse.Namespace,
+    *,
+    name: str,
+    version: int,
+    params: dict[str, Any],
+    select: Callable[[list[ImageRecord]], list[ImageRecord]],
+    build: Callable[[ImageRecord], dict[str, np.ndarray]],
+) -> tuple[Split, dict[str, np.ndarray]]:
+    """The trainers' common start: read ``args.data``, keep what ``select`` wants, split by study,
+    and preprocess the split's records with ``build`` into the cache under ``args.out / "cache"``."""
+    from cxr_models.datasets import read_dataset
+    from cxr_models.train.cache import cached_arrays
+
+    split = split_records(
+        select(read_dataset(args.data, format=args.format)),
+        val_fraction=args.val_fraction, seed=args.seed, limit=args.limit,
+    )
+    arrays = cached_arrays(
+        args.out / "cache", name=name, version=version, params=params,
+        items=split.records, ids=record_ids(split.records), build=build, workers=args.workers,
+        disable_progress=args.no_progress,
+    )
+    return split, arrays

@@ -16,15 +16,14 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from cxr_models.datasets import load_image, load_lung_mask, read_dataset
+from cxr_models.datasets import load_image, load_lung_mask
 from cxr_models.imaging import resize
 from cxr_models.inference.lungs import lung_input
 from cxr_models.nets.lungs import INPUT_SIZE, build_lungs
 from cxr_models.records import ImageRecord
 from cxr_models.train.augment import AffineJitter, IntensityJitter, jitter_intensity, random_affine, warp
-from cxr_models.train.cache import cached_arrays
 from cxr_models.train.common import add_common_args
-from cxr_models.train.data import from_uint8, record_ids, split_records, to_uint8
+from cxr_models.train.data import from_uint8, load_split_arrays, to_uint8
 from cxr_models.train.engine import Defaults, configure_logging, fit, setup_run
 from cxr_models.train.segmentation_common import SegmentationBatch, SegmentationTask
 
@@ -78,15 +77,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     configure_logging()
     device = setup_run(args)
-    split = split_records(
-        select_records(read_dataset(args.data, format=args.format)),
-        val_fraction=args.val_fraction, seed=args.seed, limit=args.limit,
-    )
-    records = split.records
-    arrays = cached_arrays(
-        args.out / "cache", name="lungs", version=PREPROCESS_VERSION, params={"size": INPUT_SIZE},
-        items=records, ids=record_ids(records), build=preprocess, workers=args.workers,
-        disable_progress=args.no_progress,
+    split, arrays = load_split_arrays(
+        args, name="lungs", version=PREPROCESS_VERSION, params={"size": INPUT_SIZE},
+        select=select_records, build=preprocess,
     )
     task = LungTask(images=arrays["image"], masks=arrays["mask"], n_train=len(split.train))
     result = fit(args, task=task, model=build_lungs(), defaults=DEFAULTS, device=device)

@@ -19,14 +19,13 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from cxr_models.datasets import load_image, load_lung_mask, load_opacity_mask, read_dataset
+from cxr_models.datasets import load_image, load_lung_mask, load_opacity_mask
 from cxr_models.inference.crop import crop_and_resize, decide_crop, expand_box
 from cxr_models.nets.opacity import INPUT_SIZE, build_opacity
 from cxr_models.records import ImageRecord
 from cxr_models.train.augment import IntensityJitter, box_affine, jitter_intensity, warp
-from cxr_models.train.cache import cached_arrays
 from cxr_models.train.common import add_common_args
-from cxr_models.train.data import from_uint8, record_ids, split_records, to_uint8
+from cxr_models.train.data import from_uint8, load_split_arrays, to_uint8
 from cxr_models.train.engine import Defaults, configure_logging, fit, setup_run
 from cxr_models.train.segmentation_common import SegmentationBatch, SegmentationTask
 
@@ -108,15 +107,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     configure_logging()
     device = setup_run(args)
-    split = split_records(
-        select_records(read_dataset(args.data, format=args.format)),
-        val_fraction=args.val_fraction, seed=args.seed, limit=args.limit,
-    )
-    records = split.records
-    arrays = cached_arrays(
-        args.out / "cache", name="opacity", version=PREPROCESS_VERSION,
-        params={"size": REGION_SIZE, "context": CONTEXT}, items=records, ids=record_ids(records),
-        build=preprocess, workers=args.workers, disable_progress=args.no_progress,
+    split, arrays = load_split_arrays(
+        args, name="opacity", version=PREPROCESS_VERSION, params={"size": REGION_SIZE, "context": CONTEXT},
+        select=select_records, build=preprocess,
     )
     task = OpacityTask(
         pixels=arrays["region_pixels"], crops=arrays["crop"], regions=arrays["region"], n_train=len(split.train)

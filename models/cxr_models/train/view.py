@@ -18,15 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxr_models.datasets import load_image, read_dataset
+from cxr_models.datasets import load_image
 from cxr_models.inference.view import view_input
 from cxr_models.nets.common import normalise
 from cxr_models.nets.view import INPUT_SIZE, build_view
 from cxr_models.records import VIEWS, ImageRecord
 from cxr_models.train.augment import AffineJitter, IntensityJitter, jitter_intensity, random_affine, warp
-from cxr_models.train.cache import cached_arrays
 from cxr_models.train.common import add_common_args
-from cxr_models.train.data import from_uint8, record_ids, split_records, to_uint8
+from cxr_models.train.data import from_uint8, load_split_arrays, to_uint8
 from cxr_models.train.engine import Defaults, configure_logging, fit, setup_run
 
 logger = logging.getLogger(__name__)
@@ -108,16 +107,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     configure_logging()
     device = setup_run(args)
-    split = split_records(
-        select_records(read_dataset(args.data, format=args.format)),
-        val_fraction=args.val_fraction, seed=args.seed, limit=args.limit,
+    split, arrays = load_split_arrays(
+        args, name="view", version=PREPROCESS_VERSION, params={"size": INPUT_SIZE},
+        select=select_records, build=preprocess,
     )
     records = split.records
-    arrays = cached_arrays(
-        args.out / "cache", name="view", version=PREPROCESS_VERSION, params={"size": INPUT_SIZE},
-        items=records, ids=record_ids(records), build=preprocess, workers=args.workers,
-        disable_progress=args.no_progress,
-    )
     labels = np.array([VIEWS.index(r.view) for r in records], dtype=np.int64)
     counts = {view: int((labels == k).sum()) for k, view in enumerate(VIEWS)}
     logger.info("view classes: %s", counts)
