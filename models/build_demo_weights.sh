@@ -14,11 +14,11 @@ declare -A TRAIN=(
   [view]="cxr train view --data data/train --out runs/view_final --threads 1 --no-progress"
   [lungs]="cxr train lungs --data data/train --out runs/lungs --epochs 3 --threads 1 --no-progress"
   [detector_a]="cxr train detector-a --data data/train --out runs/detector_a --threads 1 --no-progress"
-  [detector_b]="cxr train detector-b --data data/train --out runs/detector_b --threads 1 --no-progress"
+  [detector_b]="cxr train detector-b --data data/train --out runs/detector_b12 --epochs 12 --cache-dir runs/detector_b/cache --threads 2 --no-progress"
   [opacity]="cxr train opacity --data data/train --out runs/opacity --threads 1 --no-progress"
   [study]="cxr train study --data data/train --out runs/study --lungs-weights runs/lungs/weights_fp16.pt --opacity-weights runs/opacity/weights_fp16.pt --threads 1 --no-progress"
 )
-declare -A RUN=([view]=runs/view_final [lungs]=runs/lungs [detector_a]=runs/detector_a [detector_b]=runs/detector_b [opacity]=runs/opacity [study]=runs/study)
+declare -A RUN=([view]=runs/view_final [lungs]=runs/lungs [detector_a]=runs/detector_a [detector_b]=runs/detector_b12 [opacity]=runs/opacity [study]=runs/study)
 declare -A ARCH=(
   [view]="residual CNN (cxr_models.nets.view)"
   [lungs]="U-Net, half-width ResNet18 encoder to layer3 (segmentation-models-pytorch)"
