@@ -30,3 +30,17 @@ def network_batch(arrays: Sequence[np.ndarray], *, device: torch.device) -> torc
     """Stack display arrays ((H, W) or (C, H, W)) into a normalised (N, C, H, W) float32 tensor."""
     stacked = np.stack([a if a.ndim == 3 else a[None] for a in arrays]).astype(np.float32, copy=False)
     return normalise(torch.from_numpy(stacked).to(device))
+
+
+class BatchedStage:
+    """A network in eval mode on ``device``, run ``batch_size`` images at a time."""
+
+    default_batch_size = 16
+
+    def __init__(self, model: torch.nn.Module, *, device: torch.device, batch_size: int | None = None) -> None:
+        batch_size = self.default_batch_size if batch_size is None else batch_size
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model.to(device).eval()
+        self.device = device
+        self.batch_size = batch_size

@@ -17,7 +17,7 @@ import torch
 from scipy import ndimage
 
 from cxr_models.imaging import resize
-from cxr_models.inference.inputs import check_image, network_batch
+from cxr_models.inference.inputs import BatchedStage, check_image, network_batch
 from cxr_models.nets.common import model_from_state_dict
 from cxr_models.nets.lungs import INPUT_SIZE, build_lungs
 
@@ -53,15 +53,10 @@ def clean_lung_mask(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(cleaned)
 
 
-class LungSegmenter:
+class LungSegmenter(BatchedStage):
     """Segments the lungs of frontal images."""
 
-    def __init__(self, model: torch.nn.Module, *, device: torch.device, batch_size: int = 16) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = model.to(device).eval()
-        self.device = device
-        self.batch_size = batch_size
+    default_batch_size = 16
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], *, device: torch.device = torch.device("cpu")) -> LungSegmenter:

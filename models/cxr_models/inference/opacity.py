@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cxr_models.inference.crop import crop_and_resize, paste_crop
-from cxr_models.inference.inputs import check_image, check_lengths, network_batch
+from cxr_models.inference.inputs import BatchedStage, check_image, check_lengths, network_batch
 from cxr_models.nets.common import model_from_state_dict
 from cxr_models.nets.opacity import INPUT_SIZE, build_opacity
 from cxr_models.records import Box
@@ -49,15 +49,10 @@ def opacity_percent(mask: np.ndarray, lung_mask: np.ndarray) -> float:
     return 100.0 * float(np.count_nonzero(mask & lung)) / lung_pixels
 
 
-class OpacitySegmenter:
+class OpacitySegmenter(BatchedStage):
     """Segments lung opacities inside each image's lung crop."""
 
-    def __init__(self, model: torch.nn.Module, *, device: torch.device, batch_size: int = 16) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = model.to(device).eval()
-        self.device = device
-        self.batch_size = batch_size
+    default_batch_size = 16
 
     @classmethod
     def from_state_dict(

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from cxr_models.imaging import resize
-from cxr_models.inference.inputs import check_image, network_batch
+from cxr_models.inference.inputs import BatchedStage, check_image, network_batch
 from cxr_models.nets.common import model_from_state_dict
 from cxr_models.nets.view import INPUT_SIZE, build_view
 from cxr_models.records import VIEWS
@@ -30,15 +30,10 @@ def view_input(image: np.ndarray) -> np.ndarray:
     return resize(check_image(image, name="image"), height=INPUT_SIZE, width=INPUT_SIZE)
 
 
-class ViewClassifier:
+class ViewClassifier(BatchedStage):
     """Classifies each image as one of VIEWS."""
 
-    def __init__(self, model: torch.nn.Module, *, device: torch.device, batch_size: int = 32) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = model.to(device).eval()
-        self.device = device
-        self.batch_size = batch_size
+    default_batch_size = 32
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], *, device: torch.device = torch.device("cpu")) -> ViewClassifier:
