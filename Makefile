@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the product and its tests use (pinned by the Debian release).
-APT_PACKAGES := dcmtk dicom3tools fonts-dejavu-core
+APT_PACKAGES := dcmtk dicom3tools fonts-dejavu-core redis-server orthanc orthanc-python orthanc-dicomweb orthanc-gdcm
 
 .PHONY: up down test venv system-deps weights-check
 

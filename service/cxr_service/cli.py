@@ -16,6 +16,9 @@ from cxr_models.cli import Command, dispatch
 
 SERVICE_COMMANDS: dict[str, dict[str, Command] | Command] = {
     "analyze": Command("cxr_service.analyze_cli", "analyse DICOM files/folders: SR, GSPS, SEG, SC and result.json"),
+    "serve": Command("cxr_service.serve_cli", "run the API (with an embedded worker by default)"),
+    "worker": Command("cxr_service.worker", "run a standalone worker on the configured queue"),
+    "scp": Command("cxr_service.scp_cli", "run the DICOM Storage SCP that analyses received studies"),
 }
 
 

@@ -44,27 +44,54 @@ def _write_dataset(ds: pydicom.Dataset, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_study_folder(study: AnalysedStudy, out_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """Write every output of ``study`` under ``out_dir``; returns the study folder and result.json."""
-    result = study.result
-    folder = out_dir / safe_uid_component(result.study_instance_uid)
+def build_outputs(study: AnalysedStudy) -> tuple[dict[str, list[pydicom.Dataset]], float]:
+    """Every DICOM output of ``study`` (kind → datasets) and the time the writers took in ms.
+
+    A study in which no image could be read has no outputs: no header carries the patient and
+    study attributes that every DICOM output must copy, so result.json alone reports the reasons.
+    """
     start = time.perf_counter()
     if study.sources:
-        datasets = write_all(result, study.sources, study.displays)
+        datasets = write_all(study.result, study.sources, study.displays)
     else:
-        # Nothing was ingested, so no header carries the patient and study attributes that
-        # every DICOM output must copy: result.json alone reports the reasons.
-        logger.warning("study %s: no image could be read; only result.json is written", result.study_instance_uid)
+        logger.warning("study %s: no image could be read; only result.json is written", study.result.study_instance_uid)
         datasets = {}
-    writers_ms = (time.perf_counter() - start) * 1000.0
+    return datasets, (time.perf_counter() - start) * 1000.0
+
+
+def result_document(
+    study: AnalysedStudy,
+    datasets: Mapping[str, list[pydicom.Dataset]],
+    *,
+    writers_ms: float,
+    files: Mapping[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """The result.json document of ``study``; ``files`` (kind → paths) when written to a folder."""
     outputs: dict[str, Any] = {}
-    folder.mkdir(parents=True, exist_ok=True)
     for kind in (KIND_SR, KIND_GSPS, KIND_SEG, KIND_SC):
         items = datasets.get(kind, [])
         if not items:
             outputs[kind] = None
             continue
-        files = []
+        outputs[kind] = {
+            "series_instance_uid": str(items[0].SeriesInstanceUID),
+            "sop_instance_uids": [str(ds.SOPInstanceUID) for ds in items],
+        }
+        if files is not None:
+            outputs[kind]["files"] = list(files.get(kind, []))
+    document = to_result_json(study.result, outputs=outputs)
+    timings = {**study.result.timings_ms, "writers": writers_ms}
+    document["timings_ms"] = {k: round(float(v), 1) for k, v in timings.items()}
+    return document
+
+
+def write_study_folder(study: AnalysedStudy, out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """Write every output of ``study`` under ``out_dir``; returns the study folder and result.json."""
+    folder = out_dir / safe_uid_component(study.result.study_instance_uid)
+    datasets, writers_ms = build_outputs(study)
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, list[str]] = {}
+    for kind, items in datasets.items():
         for ds in items:
             if kind == KIND_SR:
                 path = folder / "sr.dcm"
@@ -72,15 +99,8 @@ def write_study_folder(study: AnalysedStudy, out_dir: Path) -> tuple[Path, dict[
                 (folder / kind).mkdir(exist_ok=True)
                 path = folder / kind / f"{safe_uid_component(str(ds.SOPInstanceUID))}.dcm"
             _write_dataset(ds, path)
-            files.append(str(path.relative_to(folder)))
-        outputs[kind] = {
-            "series_instance_uid": str(items[0].SeriesInstanceUID),
-            "sop_instance_uids": [str(ds.SOPInstanceUID) for ds in items],
-            "files": files,
-        }
-    timings = {**result.timings_ms, "writers": writers_ms}
-    document = to_result_json(result, outputs=outputs)
-    document["timings_ms"] = {k: round(float(v), 1) for k, v in timings.items()}
+            files.setdefault(kind, []).append(str(path.relative_to(folder)))
+    document = result_document(study, datasets, writers_ms=writers_ms, files=files)
     (folder / RESULT_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return folder, document
 

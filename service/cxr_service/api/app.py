@@ -1,0 +1,65 @@
+"""``create_app(settings)``: the FastAPI application.
+
+Models and the queue are created in the lifespan, never at import. With
+``CXR_EMBEDDED_WORKER=true`` (the default) the process also runs a worker that shares the API's
+models; tests pass their own ``queue`` and ``engine`` to swap them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+import cxr_service
+from cxr_service.api.limits import BodySizeLimit
+from cxr_service.api.problems import install_problem_handlers
+from cxr_service.api.routes import analyze, health, jobs, metrics, results
+from cxr_service.engine import AnalysisEngine, LazyEngine
+from cxr_service.jobqueue import JobQueue
+from cxr_service.settings import Settings
+from cxr_service.worker import EmbeddedWorker
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """DICOM-native chest X-ray AI. **Demo weights trained on synthetic PhantomCXR radiographs:
+not for clinical use.** Every route except `/healthz` and `/readyz` needs `Authorization: Bearer <CXR_API_TOKEN>`;
+errors are `application/problem+json`."""
+
+
+def create_app(
+    settings: Settings, *, queue: JobQueue | None = None, engine: AnalysisEngine | None = None
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.queue = queue or JobQueue.from_settings(settings)
+        app.state.engine = engine or await run_in_threadpool(AnalysisEngine.load, settings)
+        worker = None
+        if settings.embedded_worker:
+            worker = EmbeddedWorker(app.state.queue, LazyEngine(settings, engine=app.state.engine), settings)
+            worker.start()
+            logger.info("embedded worker started (%s queue)", settings.queue_backend)
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop()
+            if queue is None:
+                app.state.queue.close()
+
+    app = FastAPI(
+        title="cxr",
+        version=getattr(cxr_service, "__version__", "0"),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = None
+    install_problem_handlers(app)
+    for module in (health, jobs, results, analyze, metrics):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    return app

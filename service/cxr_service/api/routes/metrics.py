@@ -1,0 +1,50 @@
+"""``GET /metrics`` in the Prometheus text format: jobs by state, queue depth and per-stage
+latency histograms. Read from the shared job store, so the figures cover every worker."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from cxr_service.api.deps import Authorized, QueueDep
+from cxr_service.jobqueue import JobQueue
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["metrics"], dependencies=[Authorized])
+
+
+class QueueCollector:
+    """A Prometheus collector over the job store and the queue engine."""
+
+    def __init__(self, queue: JobQueue) -> None:
+        self.queue = queue
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily("cxr_jobs", "Jobs by state", labels=["state"])
+        for state, count in sorted(self.queue.store.counts_by_state().items()):
+            jobs.add_metric([state], count)
+        yield jobs
+        depth = GaugeMetricFamily("cxr_queue_depth", "Messages waiting in the queue engine", labels=["kind"])
+        for kind, count in self.queue.depth().items():
+            depth.add_metric([kind], count)
+        yield depth
+        latency = HistogramMetricFamily(
+            "cxr_stage_latency_seconds", "Latency of each pipeline stage per finished job", labels=["stage"]
+        )
+        for stage, hist in self.queue.store.histograms().items():
+            buckets = [(repr(bound / 1000.0), count) for bound, count in sorted(hist.buckets.items())]
+            buckets.append(("+Inf", hist.count))
+            latency.add_metric([stage], buckets, sum_value=hist.sum_ms / 1000.0)
+        yield latency
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def metrics(queue: QueueDep) -> Response:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(QueueCollector(queue))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,68 @@
+"""The loaded models of one process, shared by the API and the embedded worker.
+
+Loading happens once (in the API's lifespan or on a worker's first job), never at import;
+inference is serialised by a lock so the API's uploads and the worker's jobs can share one set
+of models without doubling memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from cxr_models.inference.pipeline import Analyzer
+from cxr_service.analysis import AnalysedStudy, algorithm_info, analyze_study
+from cxr_service.ingest import IngestLimits, IngestResult
+from cxr_service.results import AlgorithmInfo
+from cxr_service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class AnalysisEngine:
+    """An :class:`Analyzer` plus the service's reporting settings."""
+
+    def __init__(self, analyzer: Analyzer, *, min_score: float, limits: IngestLimits) -> None:
+        self.analyzer = analyzer
+        self.min_score = min_score
+        self.limits = limits
+        self.algorithm: AlgorithmInfo = algorithm_info(analyzer.manifest)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, settings: Settings) -> AnalysisEngine:
+        analyzer = Analyzer.load(weights_dir=settings.weights_dir, device=settings.device)
+        engine = cls(analyzer, min_score=settings.min_score, limits=IngestLimits(max_pixels=settings.max_pixels))
+        logger.info("models %s loaded on %s", engine.model_version, analyzer.device)
+        return engine
+
+    @property
+    def model_version(self) -> str:
+        return self.algorithm.version
+
+    def analyze(self, items: Sequence[IngestResult], *, study_instance_uid: str, ingest_ms: float = 0.0) -> AnalysedStudy:
+        with self._lock:
+            return analyze_study(
+                items,
+                study_instance_uid=study_instance_uid,
+                analyzer=self.analyzer,
+                algorithm=self.algorithm,
+                ingest_ms=ingest_ms,
+                min_score=self.min_score,
+            )
+
+
+class LazyEngine:
+    """Loads the models on first use (a worker that never gets a job never loads them)."""
+
+    def __init__(self, settings: Settings, *, engine: AnalysisEngine | None = None) -> None:
+        self.settings = settings
+        self._engine = engine
+        self._lock = threading.Lock()
+
+    def get(self) -> AnalysisEngine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = AnalysisEngine.load(self.settings)
+            return self._engine

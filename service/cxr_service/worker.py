@@ -1,0 +1,298 @@
+"""Running jobs: fetch a study, analyse it, deliver the outputs, record the result.
+
+``cxr worker`` runs a Huey consumer with :class:`JobRunner`; ``cxr serve`` and ``cxr scp`` run
+the same runner in an embedded consumer. Each job:
+
+1. is claimed (a job can run in one worker at a time; a finished job never runs again) and
+   holds a lease renewed by a heartbeat, so a killed worker's job is requeued (``JobQueue.reap``);
+2. is skipped when the study was already analysed from the same instances with the same model
+   version, unless forced;
+3. gathers its instances (DICOMweb QIDO + WADO, or the SCP's spool folder), analyses them,
+   sends the outputs (STOW-RS, or C-STORE to the destination AE) and stores result.json;
+4. on a transient failure (PACS down...) is retried with exponential backoff, up to
+   ``job_retries`` times; on a permanent one it fails with its reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cxr_service.dicomweb import DicomWebAuth, DicomWebPacs
+from cxr_service.dimse import RemoteAE, send_datasets
+from cxr_service.engine import LazyEngine
+from cxr_service.failures import JobFailure, PermanentFailure, TransientFailure
+from cxr_service.ingest import IngestResult, Rejected, ingest_dataset, ingest_file, iter_dicom_paths
+from cxr_service.jobqueue import JobQueue
+from cxr_service.jobs import Job, JobKind, JobState
+from cxr_service.outputs import build_outputs, result_document
+from cxr_service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def source_pacs(settings: Settings) -> DicomWebPacs | None:
+    if not settings.source_dicomweb_url:
+        return None
+    auth = DicomWebAuth(
+        username=settings.source_username, password=_secret(settings.source_password), token=_secret(settings.source_token)
+    )
+    return DicomWebPacs(settings.source_dicomweb_url, auth=auth, timeout_s=settings.dicomweb_timeout_s)
+
+
+def destination_pacs(settings: Settings) -> DicomWebPacs | None:
+    url = settings.destination_url
+    if not url:
+        return None
+    if settings.destination_dicomweb_url is None:  # same server as the source: same credentials
+        return source_pacs(settings)
+    auth = DicomWebAuth(
+        username=settings.destination_username,
+        password=_secret(settings.destination_password),
+        token=_secret(settings.destination_token),
+    )
+    return DicomWebPacs(url, auth=auth, timeout_s=settings.dicomweb_timeout_s)
+
+
+def destination_ae(settings: Settings) -> RemoteAE | None:
+    if settings.destination_ae_title is None:
+        return None
+    assert settings.destination_ae_host is not None and settings.destination_ae_port is not None
+    return RemoteAE(settings.destination_ae_title, settings.destination_ae_host, settings.destination_ae_port)
+
+
+@dataclass(frozen=True)
+class Gathered:
+    items: list[IngestResult]
+    sop_instance_uids: frozenset[str]
+    fetch_ms: float
+
+
+class JobRunner:
+    """Runs one job id at a time per calling thread; see the module docstring."""
+
+    def __init__(self, *, queue: JobQueue, engine: LazyEngine, settings: Settings) -> None:
+        self.queue = queue
+        self.store = queue.store
+        self.engine = engine
+        self.settings = settings
+        self.source = source_pacs(settings)
+        self.destination = destination_pacs(settings)
+        self.destination_ae = destination_ae(settings)
+
+    def __call__(self, job_id: str) -> None:
+        me = worker_id()
+        job = self.store.claim(job_id, worker=me, lease_s=self.settings.lease_s)
+        if job is None:
+            logger.debug("job %s is not claimable (finished, or running elsewhere)", job_id)
+            return
+        logger.info("job %s: study %s, attempt %d", job.id, job.study_instance_uid, job.attempts)
+        start = time.perf_counter()
+        with self._heartbeat(job, me):
+            try:
+                note, timings, version = self._process(job)
+            except JobFailure as exc:
+                self._failed(job, me, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - an unexpected error is retried, then fails the job
+                logger.exception("job %s: unexpected error", job.id)
+                self._failed(job, me, TransientFailure(f"internal error: {type(exc).__name__}: {exc}"[:300]))
+                return
+        timings["total"] = (time.perf_counter() - start) * 1000.0
+        self.store.finish(job.id, worker=me, state=JobState.DONE, note=note, model_version=version, timings_ms=timings)
+        for stage, ms in timings.items():
+            self.store.observe(stage, ms)
+        logger.info("job %s done in %.0f ms%s", job.id, timings["total"], f" ({note})" if note else "")
+
+    def _failed(self, job: Job, me: str, exc: JobFailure) -> None:
+        reason = str(exc)
+        if isinstance(exc, TransientFailure) and job.attempts <= self.settings.job_retries:
+            retrying = self.store.finish(job.id, worker=me, state=JobState.RETRYING, error=reason)
+            if retrying is not None:
+                delay = self.queue.retry_later(retrying)
+                logger.warning("job %s: %s; retry %d in %.1f s", job.id, reason, job.attempts, delay)
+            return
+        if isinstance(exc, TransientFailure):
+            reason = f"gave up after {job.attempts} attempts: {reason}"
+        self.store.finish(job.id, worker=me, state=JobState.FAILED, error=reason)
+        logger.error("job %s failed: %s", job.id, reason)
+
+    @contextmanager
+    def _heartbeat(self, job: Job, me: str) -> Iterator[None]:
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.settings.lease_s / 3):
+                try:
+                    self.store.heartbeat(job.id, worker=me, lease_s=self.settings.lease_s)
+                except Exception:
+                    logger.exception("job %s: heartbeat failed", job.id)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{job.id[:8]}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    # --- one job ------------------------------------------------------------------------
+    def _process(self, job: Job) -> tuple[str | None, dict[str, float], str]:
+        engine = self.engine.get()
+        version = engine.model_version
+        gathered = self._gather(job, engine.limits)
+        previous = self.store.get_result(job.study_instance_uid)
+        if not job.force and previous is not None and previous.model_version == version:
+            before = {i["sop_instance_uid"] for i in previous.document.get("images", [])}
+            if before == set(gathered.sop_instance_uids):
+                note = f"already analysed with model version {version} (job {previous.job_id}); not redone"
+                self._cleanup(job)
+                return note, {"fetch": gathered.fetch_ms}, version
+        study = engine.analyze(gathered.items, study_instance_uid=job.study_instance_uid, ingest_ms=0.0)
+        datasets, writers_ms = build_outputs(study)
+        start = time.perf_counter()
+        flat = [ds for kind in datasets.values() for ds in kind]
+        self._deliver(job, flat)
+        deliver_ms = (time.perf_counter() - start) * 1000.0
+        document = result_document(study, datasets, writers_ms=writers_ms)
+        document["job_id"] = job.id
+        document["timings_ms"].update(fetch=round(gathered.fetch_ms, 1), deliver=round(deliver_ms, 1))
+        self.store.put_result(document=document, job_id=job.id)
+        self._cleanup(job)
+        timings = {k: float(v) for k, v in document["timings_ms"].items()}
+        return None, timings, version
+
+    def _gather(self, job: Job, limits: Any) -> Gathered:
+        start = time.perf_counter()
+        items: list[IngestResult] = []
+        if job.kind == JobKind.DICOMWEB:
+            if self.source is None:
+                raise PermanentFailure("no DICOMweb source configured (CXR_SOURCE_DICOMWEB_URL)")
+            refs = self.source.find_instances(job.study_instance_uid)
+            if not refs:
+                raise PermanentFailure(f"study {job.study_instance_uid} has no CR or DX instance at the source")
+            for ref in refs:
+                try:
+                    ds = self.source.retrieve(ref)
+                except JobFailure:
+                    raise
+                except Exception as exc:  # an unreadable instance is reported, the others analysed
+                    logger.warning("job %s: instance %s unreadable: %s", job.id, ref.sop_instance_uid, type(exc).__name__)
+                    items.append(
+                        Rejected(
+                            sop_instance_uid=ref.sop_instance_uid,
+                            study_instance_uid=ref.study_instance_uid,
+                            series_instance_uid=ref.series_instance_uid,
+                            source=ref.sop_instance_uid,
+                            reason=f"could not be retrieved or parsed ({type(exc).__name__})",
+                        )
+                    )
+                    continue
+                items.append(ingest_dataset(ds, source=ref.sop_instance_uid, limits=limits))
+        elif job.kind == JobKind.SPOOL:
+            folder = Path(job.spool or "")
+            if not job.spool or not folder.is_dir():
+                raise PermanentFailure("the spool folder of this job is gone")
+            items = [ingest_file(p, limits=limits) for p in iter_dicom_paths([folder])]
+            items = [i for i in items if i.study_instance_uid in (None, job.study_instance_uid)]
+        else:
+            raise PermanentFailure(f"unknown job kind {job.kind!r}")
+        uids = frozenset(i.sop_instance_uid for i in items if i.sop_instance_uid)
+        return Gathered(items=items, sop_instance_uids=uids, fetch_ms=(time.perf_counter() - start) * 1000.0)
+
+    def _deliver(self, job: Job, datasets: list) -> None:
+        if job.kind == JobKind.SPOOL and self.destination_ae is not None:
+            send_datasets(datasets, destination=self.destination_ae, calling_ae_title=self.settings.scp_ae_title)
+        elif self.destination is not None:
+            self.destination.store(datasets)
+        else:
+            logger.info("job %s: no destination configured; result.json only", job.id)
+
+    def _cleanup(self, job: Job) -> None:
+        if job.kind == JobKind.SPOOL and job.spool:
+            shutil.rmtree(job.spool, ignore_errors=True)
+
+
+class Reaper:
+    """Every ``interval_s``: requeue jobs whose worker died and jobs whose message is gone."""
+
+    def __init__(self, queue: JobQueue, *, interval_s: float) -> None:
+        self.queue = queue
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cxr-reaper", daemon=True)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.queue.reap()
+            except Exception:
+                logger.exception("reaper: could not check the queue")
+            if self._stop.wait(self.interval_s):
+                return
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+class EmbeddedWorker:
+    """A consumer plus reaper inside another server's process (``cxr serve``, ``cxr scp``)."""
+
+    def __init__(self, queue: JobQueue, engine: LazyEngine, settings: Settings) -> None:
+        queue.set_runner(JobRunner(queue=queue, engine=engine, settings=settings))
+        self.consumer = queue.consumer(embedded=True)
+        self.reaper = Reaper(queue, interval_s=max(1.0, settings.lease_s / 2))
+
+    def start(self) -> None:
+        self.consumer.start()
+        self.reaper.start()
+
+    def stop(self) -> None:
+        self.reaper.stop()
+        self.consumer.stop(graceful=True)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Run analysis jobs from the queue (settings: CXR_* / .env)")
+    parser.add_argument("--threads", type=int, default=None, help="jobs run at once (default CXR_WORKER_THREADS)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    overrides = {"worker_threads": args.threads} if args.threads else {}
+    settings = Settings(**overrides)
+    queue = JobQueue.from_settings(settings)
+    queue.set_runner(JobRunner(queue=queue, engine=LazyEngine(settings), settings=settings))
+    reaper = Reaper(queue, interval_s=max(1.0, settings.lease_s / 2))
+    reaper.start()
+    consumer = queue.consumer(embedded=False)
+    logger.info("worker on the %s queue %r, %d thread(s)", settings.queue_backend, settings.queue_name, settings.worker_threads)
+    # Huey's consumer handles the signals (SIGINT: graceful, SIGTERM: at once). A job cut short
+    # keeps its lease and is requeued by another worker's reaper, or this one's after a restart.
+    try:
+        consumer.run()
+    finally:
+        reaper.stop()
+        queue.close()

@@ -1,0 +1,227 @@
+"""Real processes for the service tests: Redis, Orthanc, `cxr serve`, `cxr worker`, `cxr scp`.
+
+Each starts on free ports (or a Unix socket) in a test's temporary folder and is stopped by
+the caller (the fixtures use ``with``). Logs go to files next to the process's data so a
+failing test can show them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+CXR = Path(sys.executable).with_name("cxr")
+TOKEN = "test-token-0123456789abcdef"
+ORTHANC_USER = "cxr-test"
+ORTHANC_PASSWORD = "orthanc-test-password-42"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], object], *, timeout: float, interval: float = 0.1, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last_exc = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+@dataclass
+class Proc:
+    """A child process with its log file."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen | None = None
+
+    def start(self) -> Proc:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.log.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **self.env}, cwd=REPO, start_new_session=True
+        )
+        fh.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, as a crash or the OOM killer would."""
+        if self.alive():
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def stop(self, timeout: float = 20) -> None:
+        if not self.alive():
+            return
+        os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_redis(workdir: Path) -> tuple[Proc, str]:
+    """redis-server on a Unix socket (no port to race for); returns the process and its URL."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    sock = workdir / "redis.sock"
+    argv = [
+        shutil.which("redis-server") or "redis-server",
+        "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+        "--dir", str(workdir), "--appendonly", "yes", "--save", "",
+    ]  # fmt: skip
+    proc = Proc("redis", argv, workdir / "redis.log").start()
+    wait_until(sock.exists, timeout=20, what="redis socket")
+    return proc, f"unix://{sock}"
+
+
+@dataclass
+class Orthanc:
+    proc: Proc
+    http_port: int
+    dicom_port: int
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, auth=(ORTHANC_USER, ORTHANC_PASSWORD), timeout=60)
+
+    def upload(self, paths: list[Path]) -> None:
+        with self.client() as c:
+            for path in paths:
+                r = c.post("/instances", content=path.read_bytes())
+                r.raise_for_status()
+
+    def series_of_study(self, study_uid: str) -> list[dict]:
+        with self.client() as c:
+            r = c.get(f"/dicom-web/studies/{study_uid}/series")
+            if r.status_code == 204:
+                return []
+            r.raise_for_status()
+            return r.json()
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+    def restart(self) -> None:
+        self.proc.stop()
+        self.proc.start()
+        wait_until(self.ready, timeout=60, what="Orthanc")
+
+    def ready(self) -> bool:
+        with self.client() as c:
+            return c.get("/system").status_code == 200
+
+
+def start_orthanc(workdir: Path, *, python_script: Path | None = None, stable_age: int = 2) -> Orthanc:
+    http_port, dicom_port = free_port(), free_port()
+    argv = [
+        sys.executable, str(REPO / "orthanc" / "launch.py"), "--workdir", str(workdir),
+        "--http-port", str(http_port), "--dicom-port", str(dicom_port), "--stable-age", str(stable_age),
+        "--user", ORTHANC_USER, "--password", ORTHANC_PASSWORD,
+    ]  # fmt: skip
+    if python_script is not None:
+        argv += ["--python-script", str(python_script)]
+    orthanc = Orthanc(Proc("orthanc", argv, workdir / "orthanc.out").start(), http_port, dicom_port, workdir)
+    wait_until(orthanc.ready, timeout=60, what="Orthanc")
+    return orthanc
+
+
+def cxr_env(data_dir: Path, **settings: object) -> dict[str, str]:
+    env = {
+        "CXR_API_TOKEN": TOKEN,
+        "CXR_DATA_DIR": str(data_dir),
+        "CXR_DEVICE": "cpu",
+        "CXR_LOG_LEVEL": "INFO",
+        "OMP_NUM_THREADS": "1",
+    }
+    env.update({f"CXR_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items()})
+    return env
+
+
+@dataclass
+class Service:
+    proc: Proc
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, *, token: str | None = TOKEN) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
+
+    def job(self, job_id: str) -> dict:
+        with self.client() as c:
+            r = c.get(f"/v1/jobs/{job_id}")
+            r.raise_for_status()
+            return r.json()
+
+    def wait_job(self, job_id: str, *, states: tuple[str, ...] = ("done", "failed"), timeout: float = 180) -> dict:
+        return wait_until(
+            lambda: (j := self.job(job_id))["state"] in states and j, timeout=timeout, interval=0.2, what=f"job {job_id} in {states}"
+        )
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def start_service(data_dir: Path, *, worker: bool = True, **settings: object) -> Service:
+    port = free_port()
+    argv = [str(CXR), "serve", "--host", "127.0.0.1", "--port", str(port)] + ([] if worker else ["--no-worker"])
+    proc = Proc("serve", argv, data_dir / f"serve-{port}.log", env=cxr_env(data_dir, **settings)).start()
+    service = Service(proc, port)
+
+    def ready() -> bool:
+        if not proc.alive():
+            raise RuntimeError(f"cxr serve exited:\n{proc.output()[-3000:]}")
+        with httpx.Client(timeout=5) as c:
+            return c.get(f"{service.url}/readyz").status_code == 200
+
+    wait_until(ready, timeout=90, what="cxr serve ready")
+    return service
+
+
+def start_worker(data_dir: Path, *, name: str = "worker", **settings: object) -> Proc:
+    return Proc(name, [str(CXR), "worker"], data_dir / f"{name}.log", env=cxr_env(data_dir, **settings)).start()
