@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from cxr_models.cli import COMMANDS as MODEL_COMMANDS
 from cxr_models.cli import Command, dispatch
+from cxr_service.settings import SettingsError
 
 SERVICE_COMMANDS: dict[str, dict[str, Command] | Command] = {
     "analyze": Command("cxr_service.analyze_cli", "analyse DICOM files/folders: SR, GSPS, SEG, SC and result.json"),
@@ -46,9 +47,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         _usage()
         raise SystemExit(0 if argv else 2)
-    for table in (MODEL_COMMANDS, SERVICE_COMMANDS):
-        if dispatch(table, argv, prog="cxr", usage=lambda m: (_usage(m), sys.exit(2))):
-            return
+    try:
+        for table in (MODEL_COMMANDS, SERVICE_COMMANDS):
+            if dispatch(table, argv, prog="cxr", usage=lambda m: (_usage(m), sys.exit(2))):
+                return
+    except SettingsError as exc:
+        sys.stderr.write(f"cxr {argv[0]}: {exc}\n")
+        raise SystemExit(2) from None
     _usage(f"cxr: unknown command {argv[0]!r}")
     raise SystemExit(2)
 

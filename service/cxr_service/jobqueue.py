@@ -137,7 +137,17 @@ class JobQueue:
         return requeued
 
     def consumer(self, *, embedded: bool) -> Consumer:
-        options = {"workers": self.settings.worker_threads, "worker_type": "thread", "periodic": False, "check_worker_health": True}
+        # An idle consumer polls at most every second (Huey's default backs off to 10 s, which
+        # would add up to 10 s to the arrival-to-result latency of a quiet site).
+        options = {
+            "workers": self.settings.worker_threads,
+            "worker_type": "thread",
+            "periodic": False,
+            "check_worker_health": True,
+            "initial_delay": 0.1,
+            "backoff": 1.15,
+            "max_delay": 1.0,
+        }
         if embedded:
             return EmbeddedConsumer(self.huey, **options)
         return self.huey.create_consumer(**options)

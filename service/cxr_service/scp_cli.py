@@ -20,7 +20,7 @@ from cxr_service.dimse import StorageSCP
 from cxr_service.engine import LazyEngine
 from cxr_service.jobqueue import JobQueue
 from cxr_service.jobs import JobKind
-from cxr_service.settings import Settings
+from cxr_service.settings import Settings, load_settings
 from cxr_service.worker import EmbeddedWorker
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> None:
         overrides["scp_ae_title"] = args.ae_title
     if args.no_worker:
         overrides["embedded_worker"] = False
-    settings = Settings(**overrides)
+    settings = load_settings(**overrides)
     queue = JobQueue.from_settings(settings)
     worker = EmbeddedWorker(queue, LazyEngine(settings), settings) if settings.embedded_worker else None
     scp = StorageSCP(

@@ -8,7 +8,7 @@ import logging
 import uvicorn
 
 from cxr_service.api import create_app
-from cxr_service.settings import Settings
+from cxr_service.settings import load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def main(args: argparse.Namespace) -> None:
         overrides["port"] = args.port
     if args.no_worker:
         overrides["embedded_worker"] = False
-    settings = Settings(**overrides)
+    settings = load_settings(**overrides)
     app = create_app(settings)
     logger.info("cxr API on http://%s:%d (%s queue)", settings.host, settings.port, settings.queue_backend)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, server_header=False)

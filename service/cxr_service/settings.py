@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
@@ -110,3 +110,22 @@ class Settings(BaseSettings):
     @property
     def destination_url(self) -> str | None:
         return self.destination_dicomweb_url or self.source_dicomweb_url
+
+
+class SettingsError(ValueError):
+    """Invalid configuration; the message names the variables and never echoes their values."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment and ``.env`` plus ``overrides``; errors name the offending
+    ``CXR_*`` variables without their values (pydantic's own message would print secrets)."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_input=False, include_url=False):
+            loc = "".join(str(p) for p in error.get("loc", ()))
+            name = f"CXR_{loc.upper()}" if loc else "settings"
+            message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+            lines.append(f"{name}: {message}" if loc else message)
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -36,7 +36,7 @@ from cxr_service.ingest import IngestResult, Rejected, ingest_dataset, ingest_fi
 from cxr_service.jobqueue import JobQueue
 from cxr_service.jobs import Job, JobKind, JobState
 from cxr_service.outputs import build_outputs, result_document
-from cxr_service.settings import Settings
+from cxr_service.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     overrides = {"worker_threads": args.threads} if args.threads else {}
-    settings = Settings(**overrides)
+    settings = load_settings(**overrides)
     queue = JobQueue.from_settings(settings)
     queue.set_runner(JobRunner(queue=queue, engine=LazyEngine(settings), settings=settings))
     reaper = Reaper(queue, interval_s=max(1.0, settings.lease_s / 2))

@@ -1,0 +1,137 @@
+"""The distributed mode on a real Redis (Debian redis-server) with separate `cxr worker`
+processes, and a worker killed in the middle of a job."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.service.procs import (
+    ORTHANC_PASSWORD,
+    ORTHANC_USER,
+    Orthanc,
+    start_orthanc,
+    start_redis,
+    start_service,
+    start_worker,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+OUTPUT_MODALITIES = ("SR", "PR", "SEG", "OT")
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory, phantom_studies, large_study) -> Orthanc:
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    server.upload([p for paths in phantom_studies.values() for p in paths] + large_study[1])
+    yield server
+    server.stop()
+
+
+def settings_for(orthanc: Orthanc, redis_url: str) -> dict[str, object]:
+    return {
+        "queue_backend": "redis",
+        "redis_url": redis_url,
+        "source_dicomweb_url": orthanc.dicomweb,
+        "source_username": ORTHANC_USER,
+        "source_password": ORTHANC_PASSWORD,
+        "lease_s": 3,
+        "retry_delay_s": 0.5,
+    }
+
+
+def output_counts(orthanc: Orthanc, study_uid: str) -> dict[str, tuple[int, int]]:
+    """Modality → (series, instances) of our outputs in Orthanc."""
+    counts: dict[str, list[int]] = {}
+    for item in orthanc.series_of_study(study_uid):
+        modality = item["00080060"]["Value"][0]
+        if modality in OUTPUT_MODALITIES:
+            entry = counts.setdefault(modality, [0, 0])
+            entry[0] += 1
+            entry[1] += int(item["00201209"]["Value"][0])
+    return {m: tuple(v) for m, v in counts.items()}
+
+
+def test_two_redis_workers_analyse_every_study(orthanc: Orthanc, phantom_studies, tmp_path: Path) -> None:
+    redis, url = start_redis(tmp_path / "redis")
+    settings = settings_for(orthanc, url)
+    # The API and the workers share nothing but Redis and the PACS: separate data folders.
+    workers = [start_worker(tmp_path / f"w{i}", name=f"worker{i}", **settings) for i in range(2)]
+    service = start_service(tmp_path / "api", worker=False, **settings)
+    try:
+        with service.client() as c:
+            ids = [
+                c.post("/v1/studies", json={"study_instance_uid": uid, "force": True}).json()["job"]["id"]
+                for uid in phantom_studies
+            ]
+            jobs = [service.wait_job(i) for i in ids]
+            assert [j["state"] for j in jobs] == ["done"] * len(ids), jobs
+            ran_on = {j["id"]: service.job(j["id"]) for j in jobs}
+            metrics = c.get("/metrics").text
+        assert f'cxr_jobs{{state="done"}} {float(len(ids))}' in metrics
+        assert 'cxr_stage_latency_seconds_count{stage="total"}' in metrics
+        for uid in phantom_studies:
+            assert {m: c[0] for m, c in output_counts(orthanc, uid).items()} == dict.fromkeys(OUTPUT_MODALITIES, 1)
+        assert len(ran_on) == len(ids)
+        # Both workers took part (4 jobs, 2 workers: each log names the jobs it ran).
+        logs = [w.output() for w in workers]
+        assert all("done in" in log for log in logs), "each worker should have run at least one job"
+    finally:
+        service.stop()
+        for w in workers:
+            w.stop()
+        redis.stop()
+
+
+def test_worker_killed_mid_job_then_restarted_analyses_the_study_once(orthanc: Orthanc, large_study, tmp_path: Path) -> None:
+    study_uid, _ = large_study
+    redis, url = start_redis(tmp_path / "redis")
+    settings = settings_for(orthanc, url)
+    service = start_service(tmp_path / "api", worker=False, **settings)
+    worker = start_worker(tmp_path / "w", name="worker-a", **settings)
+    try:
+        with service.client() as c:
+            job_id = c.post("/v1/studies", json={"study_instance_uid": study_uid, "force": True}).json()["job"]["id"]
+        service.wait_job(job_id, states=("running",), timeout=60)
+        time.sleep(0.5)
+        worker.kill()
+        killed = service.job(job_id)
+        assert killed["state"] == "running", f"the job must be cut off mid-way, got {killed}"
+        assert "done in" not in worker.output()
+
+        restarted = start_worker(tmp_path / "w", name="worker-b", **settings)
+        try:
+            job = service.wait_job(job_id, timeout=180)
+            assert job["state"] == "done", job
+            assert job["attempts"] == 2
+            assert "lost its lease: requeued" in restarted.output()
+            with service.client() as c:
+                result = c.get(f"/v1/studies/{study_uid}/result").json()
+            assert result["job_id"] == job_id
+            # Exactly once: one analysis recorded, one series of each output in the PACS.
+            counts = output_counts(orthanc, study_uid)
+            assert {m: c[0] for m, c in counts.items()} == dict.fromkeys(OUTPUT_MODALITIES, 1)
+            assert counts["SR"] == (1, 1)
+            stored = wait_until(lambda: _analyses(url, study_uid), timeout=5)
+            assert stored == 1
+        finally:
+            restarted.stop()
+    finally:
+        service.stop()
+        worker.stop()
+        redis.stop()
+
+
+def _analyses(redis_url: str, study_uid: str) -> int:
+    from cxr_service.jobs import RedisJobStore
+
+    store = RedisJobStore(redis_url, prefix="cxr:cxr")
+    try:
+        stored = store.get_result(study_uid)
+        return stored.analyses if stored else 0
+    finally:
+        store.close()
