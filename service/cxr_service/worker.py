@@ -24,15 +24,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxr_service.dicomweb import DicomWebAuth, DicomWebPacs
+from cxr_service.dicomweb import DicomWebAuth, DicomWebPacs, InstanceRef
 from cxr_service.dimse import RemoteAE, send_datasets
 from cxr_service.engine import LazyEngine
 from cxr_service.failures import JobFailure, PermanentFailure, TransientFailure
-from cxr_service.ingest import IngestResult, Rejected, ingest_dataset, ingest_file, iter_dicom_paths
+from cxr_service.ingest import IngestLimits, IngestResult, Rejected, ingest_dataset, ingest_file, iter_dicom_paths
 from cxr_service.jobqueue import JobQueue
 from cxr_service.jobs import Job, JobKind, JobState
 from cxr_service.outputs import build_outputs, result_document
@@ -77,13 +76,6 @@ def destination_ae(settings: Settings) -> RemoteAE | None:
         return None
     assert settings.destination_ae_host is not None and settings.destination_ae_port is not None
     return RemoteAE(settings.destination_ae_title, settings.destination_ae_host, settings.destination_ae_port)
-
-
-@dataclass(frozen=True)
-class Gathered:
-    items: list[IngestResult]
-    sop_instance_uids: frozenset[str]
-    fetch_ms: float
 
 
 class JobRunner:
@@ -158,65 +150,73 @@ class JobRunner:
     def _process(self, job: Job) -> tuple[str | None, dict[str, float], str]:
         engine = self.engine.get()
         version = engine.model_version
-        gathered = self._gather(job, engine.limits)
+        start = time.perf_counter()
+        listed = self._list(job)
         previous = self.store.get_result(job.study_instance_uid)
         if not job.force and previous is not None and previous.model_version == version:
             before = {i["sop_instance_uid"] for i in previous.document.get("images", [])}
-            if before == set(gathered.sop_instance_uids):
+            if before == set(listed):
                 note = f"already analysed with model version {version} (job {previous.job_id}); not redone"
                 self._cleanup(job)
-                return note, {"fetch": gathered.fetch_ms}, version
-        study = engine.analyze(gathered.items, study_instance_uid=job.study_instance_uid, ingest_ms=0.0)
+                return note, {"fetch": (time.perf_counter() - start) * 1000.0}, version
+        items = self._retrieve(job, listed, engine.limits)
+        fetch_ms = (time.perf_counter() - start) * 1000.0
+        study = engine.analyze(items, study_instance_uid=job.study_instance_uid, ingest_ms=0.0)
         datasets, writers_ms = build_outputs(study)
         start = time.perf_counter()
-        flat = [ds for kind in datasets.values() for ds in kind]
-        self._deliver(job, flat)
+        self._deliver(job, [ds for kind in datasets.values() for ds in kind])
         deliver_ms = (time.perf_counter() - start) * 1000.0
         document = result_document(study, datasets, writers_ms=writers_ms)
         document["job_id"] = job.id
-        document["timings_ms"].update(fetch=round(gathered.fetch_ms, 1), deliver=round(deliver_ms, 1))
+        document["timings_ms"].update(fetch=round(fetch_ms, 1), deliver=round(deliver_ms, 1))
         self.store.put_result(document=document, job_id=job.id)
         self._cleanup(job)
-        timings = {k: float(v) for k, v in document["timings_ms"].items()}
-        return None, timings, version
+        return None, {k: float(v) for k, v in document["timings_ms"].items()}, version
 
-    def _gather(self, job: Job, limits: Any) -> Gathered:
-        start = time.perf_counter()
-        items: list[IngestResult] = []
+    def _list(self, job: Job) -> dict[str, InstanceRef | Path]:
+        """SOP Instance UID → where to get it: a DICOMweb reference or a spooled file."""
         if job.kind == JobKind.DICOMWEB:
             if self.source is None:
                 raise PermanentFailure("no DICOMweb source configured (CXR_SOURCE_DICOMWEB_URL)")
             refs = self.source.find_instances(job.study_instance_uid)
             if not refs:
                 raise PermanentFailure(f"study {job.study_instance_uid} has no CR or DX instance at the source")
-            for ref in refs:
-                try:
-                    ds = self.source.retrieve(ref)
-                except JobFailure:
-                    raise
-                except Exception as exc:  # an unreadable instance is reported, the others analysed
-                    logger.warning("job %s: instance %s unreadable: %s", job.id, ref.sop_instance_uid, type(exc).__name__)
-                    items.append(
-                        Rejected(
-                            sop_instance_uid=ref.sop_instance_uid,
-                            study_instance_uid=ref.study_instance_uid,
-                            series_instance_uid=ref.series_instance_uid,
-                            source=ref.sop_instance_uid,
-                            reason=f"could not be retrieved or parsed ({type(exc).__name__})",
-                        )
-                    )
-                    continue
-                items.append(ingest_dataset(ds, source=ref.sop_instance_uid, limits=limits))
-        elif job.kind == JobKind.SPOOL:
+            return {ref.sop_instance_uid: ref for ref in refs}
+        if job.kind == JobKind.SPOOL:
             folder = Path(job.spool or "")
             if not job.spool or not folder.is_dir():
                 raise PermanentFailure("the spool folder of this job is gone")
-            items = [ingest_file(p, limits=limits) for p in iter_dicom_paths([folder])]
-            items = [i for i in items if i.study_instance_uid in (None, job.study_instance_uid)]
-        else:
-            raise PermanentFailure(f"unknown job kind {job.kind!r}")
-        uids = frozenset(i.sop_instance_uid for i in items if i.sop_instance_uid)
-        return Gathered(items=items, sop_instance_uids=uids, fetch_ms=(time.perf_counter() - start) * 1000.0)
+            # The SCP names each file after its SOP Instance UID (or a hash of an invalid one).
+            return {path.stem: path for path in iter_dicom_paths([folder])}
+        raise PermanentFailure(f"unknown job kind {job.kind!r}")
+
+    def _retrieve(self, job: Job, listed: dict[str, InstanceRef | Path], limits: IngestLimits) -> list[IngestResult]:
+        items: list[IngestResult] = []
+        for sop_uid, where in listed.items():
+            if isinstance(where, Path):
+                item = ingest_file(where, limits=limits)
+                if item.study_instance_uid in (None, job.study_instance_uid):
+                    items.append(item)
+                continue
+            assert self.source is not None
+            try:
+                ds = self.source.retrieve(where)
+            except JobFailure:
+                raise
+            except Exception as exc:  # an unreadable instance is reported, the others analysed
+                logger.warning("job %s: instance %s unreadable: %s", job.id, sop_uid, type(exc).__name__)
+                items.append(
+                    Rejected(
+                        sop_instance_uid=sop_uid,
+                        study_instance_uid=where.study_instance_uid,
+                        series_instance_uid=where.series_instance_uid,
+                        source=sop_uid,
+                        reason=f"could not be retrieved or parsed ({type(exc).__name__})",
+                    )
+                )
+                continue
+            items.append(ingest_dataset(ds, source=sop_uid, limits=limits))
+        return items
 
     def _deliver(self, job: Job, datasets: list) -> None:
         if job.kind == JobKind.SPOOL and self.destination_ae is not None:
