@@ -144,3 +144,11 @@ def test_schemathesis_finds_no_server_error(service: Service, tmp_path: Path) ->
     assert counts and int(counts.group(1)) > 100 and counts.group(1) == counts.group(2), run.stdout[-2000:]
     with httpx.Client(timeout=10) as c:
         assert c.get(f"{service.url}/readyz").status_code == 200
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    from cxr_service.settings import Settings
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    missing = [f"CXR_{name.upper()}" for name in Settings.model_fields if f"`CXR_{name.upper()}`" not in readme]
+    assert not missing, f"settings missing from the README's configuration table: {missing}"
