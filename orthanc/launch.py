@@ -40,10 +40,12 @@ def build_config(args: argparse.Namespace) -> dict:
     config["StableAge"] = args.stable_age
     config["RegisteredUsers"] = {args.user: args.password}
     plugins = ["dicomweb", "gdcm"]
-    if args.python_script:
+    script = args.python_script or (str(HERE.parent / "plugin" / "cxr_plugin" / "entry.py") if args.plugin else None)
+    if script:
         plugins.insert(0, "python")  # first: the first plugin that registers a URL wins it
-        config["PythonScript"] = str(Path(args.python_script).resolve())
+        config["PythonScript"] = str(Path(script).resolve())
         config["PythonVerbose"] = False
+        config["Cxr"] = {"ServiceUrl": args.service_url, "ApiToken": args.api_token or ""}
     config["Plugins"] = [str(PLUGIN_DIR / PLUGINS[name]) for name in plugins]
     for entry in args.set or []:
         key, _, value = entry.partition("=")
@@ -60,8 +62,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stable-age", type=int, default=3, help="seconds before STABLE_STUDY fires (<= 5)")
     parser.add_argument("--user", default=os.environ.get("CXR_ORTHANC_USER"))
     parser.add_argument("--password", default=os.environ.get("CXR_ORTHANC_PASSWORD"))
-    parser.add_argument("--python-script", default=None, help="Orthanc Python plugin entry file (the cxr plugin)")
+    parser.add_argument("--plugin", action="store_true", help="load the cxr plugin (plugin/cxr_plugin/entry.py)")
+    parser.add_argument("--python-script", default=None, help="another Orthanc Python plugin entry file")
+    parser.add_argument("--service-url", default=os.environ.get("CXR_SERVICE_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--api-token", default=os.environ.get("CXR_API_TOKEN"), help="the service's bearer token")
     parser.add_argument("--set", action="append", metavar="KEY=JSON", help="override a top-level configuration key")
+    parser.add_argument("--verbose", action="store_true", help="Orthanc's info-level log (shows the plugin's info lines)")
     parser.add_argument("--print-config", action="store_true", help="write the configuration and exit")
     return parser
 
@@ -83,7 +89,9 @@ def main(args: argparse.Namespace) -> None:
     if args.print_config:
         print(path)
         return
-    os.execv(binary, [binary, f"--logdir={workdir / 'logs'}", str(path)])
+    os.environ["CXR_PLUGIN_ROOT"] = str(HERE.parent / "plugin")
+    argv = [binary, f"--logdir={workdir / 'logs'}"] + (["--verbose"] if args.verbose else []) + [str(path)]
+    os.execv(binary, argv)
 
 
 if __name__ == "__main__":

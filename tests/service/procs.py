@@ -152,16 +152,31 @@ class Orthanc:
         with self.client() as c:
             return c.get("/system").status_code == 200
 
+    def log(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted((self.workdir / "logs").glob("*.log*")))
 
-def start_orthanc(workdir: Path, *, python_script: Path | None = None, stable_age: int = 2) -> Orthanc:
+    def study_id(self, study_uid: str) -> str | None:
+        with self.client() as c:
+            r = c.post("/tools/lookup", content=study_uid)
+            r.raise_for_status()
+            return next((x["ID"] for x in r.json() if x["Type"] == "Study"), None)
+
+    def metadata(self, orthanc_id: str) -> dict[str, str]:
+        with self.client() as c:
+            r = c.get(f"/studies/{orthanc_id}/metadata", params={"expand": ""})
+            r.raise_for_status()
+            return r.json()
+
+
+def start_orthanc(workdir: Path, *, plugin_service_url: str | None = None, stable_age: int = 2) -> Orthanc:
     http_port, dicom_port = free_port(), free_port()
     argv = [
         sys.executable, str(REPO / "orthanc" / "launch.py"), "--workdir", str(workdir),
         "--http-port", str(http_port), "--dicom-port", str(dicom_port), "--stable-age", str(stable_age),
-        "--user", ORTHANC_USER, "--password", ORTHANC_PASSWORD,
+        "--user", ORTHANC_USER, "--password", ORTHANC_PASSWORD, "--verbose",
     ]  # fmt: skip
-    if python_script is not None:
-        argv += ["--python-script", str(python_script)]
+    if plugin_service_url is not None:
+        argv += ["--plugin", "--service-url", plugin_service_url, "--api-token", TOKEN]
     orthanc = Orthanc(Proc("orthanc", argv, workdir / "orthanc.out").start(), http_port, dicom_port, workdir)
     wait_until(orthanc.ready, timeout=60, what="Orthanc")
     return orthanc
@@ -206,11 +221,16 @@ class Service:
     def stop(self) -> None:
         self.proc.stop()
 
+    def restart(self) -> None:
+        self.proc.stop()
+        self.proc.start()
+        wait_until(lambda: httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200, timeout=90, what="cxr serve ready")
 
-def start_service(data_dir: Path, *, worker: bool = True, **settings: object) -> Service:
-    port = free_port()
+
+def start_service(data_dir: Path, *, worker: bool = True, port: int | None = None, **settings: object) -> Service:
+    port = port or free_port()
     argv = [str(CXR), "serve", "--host", "127.0.0.1", "--port", str(port)] + ([] if worker else ["--no-worker"])
-    proc = Proc("serve", argv, data_dir / f"serve-{port}.log", env=cxr_env(data_dir, **settings)).start()
+    proc = Proc("serve", argv, data_dir / "serve.log", env=cxr_env(data_dir, **settings)).start()
     service = Service(proc, port)
 
     def ready() -> bool:
@@ -221,6 +241,24 @@ def start_service(data_dir: Path, *, worker: bool = True, **settings: object) ->
 
     wait_until(ready, timeout=90, what="cxr serve ready")
     return service
+
+
+def c_store(paths: list[Path], *, port: int, ae_title: str = "ORTHANC") -> list[int]:
+    """Send files with a pynetdicom SCU, each in a context of its own transfer syntax."""
+    import pydicom
+    from pynetdicom import AE
+
+    datasets = [pydicom.dcmread(p) for p in paths]
+    ae = AE(ae_title="CXRTEST")
+    for ds in datasets:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+    if not assoc.is_established:
+        raise ConnectionError(f"no association with {ae_title} on port {port}")
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
 
 
 def start_worker(data_dir: Path, *, name: str = "worker", **settings: object) -> Proc:

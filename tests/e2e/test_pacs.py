@@ -1,0 +1,115 @@
+"""End to end inside the PACS, with real processes: a study C-STOREd into Orthanc (with the cxr
+plugin) comes back as SR, GSPS, SEG and SC, found by QIDO-RS, with the AI status in Orthanc's
+metadata; nothing is lost while the service is down; re-running replaces the outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.service.procs import (
+    ORTHANC_PASSWORD,
+    ORTHANC_USER,
+    c_store,
+    free_port,
+    start_orthanc,
+    start_service,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+OUTPUT_MODALITIES = ("SR", "PR", "SEG", "OT")
+STABLE_AGE = 2
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("pacs")
+    service_port = free_port()
+    orthanc = start_orthanc(root / "orthanc", plugin_service_url=f"http://127.0.0.1:{service_port}", stable_age=STABLE_AGE)
+    settings = {
+        "source_dicomweb_url": orthanc.dicomweb,
+        "source_username": ORTHANC_USER,
+        "source_password": ORTHANC_PASSWORD,
+        "lease_s": 10,
+    }
+    service = start_service(root / "service", port=service_port, **settings)
+    yield orthanc, service
+    service.stop()
+    orthanc.stop()
+
+
+def outputs(orthanc, study_uid: str) -> dict[str, tuple[int, int]]:
+    counts: dict[str, list[int]] = {}
+    for item in orthanc.series_of_study(study_uid):
+        modality = item["00080060"]["Value"][0]
+        if modality in OUTPUT_MODALITIES:
+            entry = counts.setdefault(modality, [0, 0])
+            entry[0] += 1
+            entry[1] += int(item["00201209"]["Value"][0])
+    return {m: tuple(v) for m, v in counts.items()}
+
+
+def wait_status(orthanc, study_uid: str, status: str, *, timeout: float = 120) -> dict[str, str]:
+    def check():
+        orthanc_id = orthanc.study_id(study_uid)
+        meta = orthanc.metadata(orthanc_id) if orthanc_id else {}
+        return meta if meta.get("cxr-status") == status else None
+
+    return wait_until(check, timeout=timeout, interval=0.25, what=f"study {study_uid} status {status}")
+
+
+def test_c_store_into_orthanc_comes_back_analysed(pacs, phantom_studies) -> None:
+    orthanc, service = pacs
+    uid, paths = next((u, p) for u, p in phantom_studies.items() if len(p) >= 2)
+    assert c_store(paths, port=orthanc.dicom_port) == [0] * len(paths)
+    meta = wait_status(orthanc, uid, "done", timeout=STABLE_AGE + 60)
+    assert meta["cxr-job"]
+    with orthanc.client() as c:
+        sr = c.get(f"/dicom-web/studies/{uid}/series", params={"Modality": "SR"})
+    assert sr.status_code == 200 and len(sr.json()) == 1
+    assert {m: n[0] for m, n in outputs(orthanc, uid).items()} == dict.fromkeys(OUTPUT_MODALITIES, 1)
+    # Our own outputs made STABLE_STUDY fire again: no second job.
+    with service.client() as c:
+        jobs = c.get(f"/v1/studies/{uid}/result").json()
+    assert jobs["job_id"] == meta["cxr-job"]
+    assert "cxr: study" in orthanc.log(), "the plugin logs into Orthanc's log"
+
+
+def test_study_sent_while_the_service_is_down_is_analysed_when_it_returns(pacs, phantom_studies) -> None:
+    orthanc, service = pacs
+    uid, paths = list(phantom_studies.items())[-1]
+    service.stop()
+    try:
+        assert c_store(paths, port=orthanc.dicom_port) == [0] * len(paths)
+        meta = wait_status(orthanc, uid, "queued", timeout=STABLE_AGE + 30)
+        assert "cxr-job" not in meta or not meta["cxr-job"]
+        wait_until(lambda: "service unavailable" in orthanc.log(), timeout=30, what="the plugin's retry")
+    finally:
+        service.restart()
+    wait_status(orthanc, uid, "done", timeout=120)
+    assert {m: n[0] for m, n in outputs(orthanc, uid).items()} == dict.fromkeys(OUTPUT_MODALITIES, 1)
+
+
+def test_rest_route_reruns_and_replaces_the_outputs(pacs, phantom_studies) -> None:
+    orthanc, service = pacs
+    uid, paths = next((u, p) for u, p in phantom_studies.items() if len(p) >= 2)
+    before = wait_status(orthanc, uid, "done", timeout=STABLE_AGE + 60)
+    counts = outputs(orthanc, uid)
+    orthanc_id = orthanc.study_id(uid)
+    with orthanc.client() as c:
+        r = c.post(f"/cxr/studies/{orthanc_id}/analyze")
+        assert r.status_code == 200 and r.json()["status"] == "queued"
+        assert c.post("/cxr/studies/ffffffff-ffffffff-ffffffff-ffffffff-ffffffff/analyze").status_code == 404
+    after = wait_until(
+        lambda: (m := orthanc.metadata(orthanc_id)).get("cxr-status") == "done" and m.get("cxr-job") != before["cxr-job"] and m,
+        timeout=120,
+        what="the re-run",
+    )
+    assert after["cxr-job"] != before["cxr-job"]
+    assert outputs(orthanc, uid) == counts, "re-analysis must replace the outputs, not add to them"
+    with service.client() as c:
+        job = c.get(f"/v1/jobs/{after['cxr-job']}").json()
+    assert job["force"] is True and job["note"] is None

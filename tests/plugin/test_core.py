@@ -1,0 +1,138 @@
+"""The plugin's logic against a fake Orthanc and a fake service (no network, no Orthanc)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cxr_plugin.core import CxrPlugin, ServiceConfig, ServiceRefused, ServiceUnavailable
+
+
+class FakeOrthanc:
+    def __init__(self) -> None:
+        self.studies: dict[str, dict[str, Any]] = {}
+        self.meta: dict[str, dict[str, str]] = {}
+
+    def add(self, orthanc_id: str, uid: str, series: list[tuple[str, int]]) -> None:
+        self.studies[orthanc_id] = {
+            "MainDicomTags": {"StudyInstanceUID": uid},
+            "series": [{"MainDicomTags": {"Modality": m}, "Instances": [f"i{k}" for k in range(n)]} for m, n in series],
+        }
+        self.meta.setdefault(orthanc_id, {})
+
+    def get_json(self, uri: str) -> Any:
+        parts = uri.split("?")[0].strip("/").split("/")
+        if parts == ["studies"]:
+            return list(self.studies)
+        study = parts[1]
+        if len(parts) == 2:
+            return self.studies[study]
+        if parts[2] == "series":
+            return self.studies[study]["series"]
+        if parts[2] == "metadata":
+            return dict(self.meta[study])
+        raise KeyError(uri)
+
+    def put(self, uri: str, body: str) -> None:
+        _, _, study, _, key = uri.split("/")
+        self.meta[study][key] = body
+
+
+class FakeService:
+    def __init__(self) -> None:
+        self.down = 0  # answer "unavailable" this many times first
+        self.refuse = False
+        self.submitted: list[tuple[str, bool]] = []
+        self.jobs: dict[str, dict[str, Any]] = {}
+
+    def submit(self, uid: str, *, force: bool) -> dict:
+        if self.down:
+            self.down -= 1
+            raise ServiceUnavailable("service unreachable (URLError)")
+        if self.refuse:
+            raise ServiceRefused("HTTP 422: study_instance_uid: bad")
+        self.submitted.append((uid, force))
+        job = {"id": f"job{len(self.submitted)}", "state": "queued"}
+        self.jobs[job["id"]] = job
+        return job
+
+    def job(self, job_id: str) -> dict:
+        return self.jobs[job_id]
+
+
+@pytest.fixture()
+def setup() -> tuple[FakeOrthanc, FakeService, CxrPlugin, list[float]]:
+    orthanc, service, sleeps = FakeOrthanc(), FakeService(), []
+    plugin = CxrPlugin(orthanc, service, retry_initial_s=1, retry_max_s=4, sleep=sleeps.append)  # type: ignore[arg-type]
+    return orthanc, service, plugin, sleeps
+
+
+def test_only_cr_dx_studies_not_yet_analysed_are_submitted(setup) -> None:
+    orthanc, service, plugin, _ = setup
+    orthanc.add("a", "1.1", [("CR", 2)])
+    orthanc.add("b", "1.2", [("CT", 5)])
+    orthanc.add("c", "1.3", [("SR", 1), ("PR", 1)])
+    assert plugin.should_analyse("a") and not plugin.should_analyse("b") and not plugin.should_analyse("c")
+    plugin.submit("a", force=False)
+    assert orthanc.meta["a"]["cxr-status"] == "queued" and orthanc.meta["a"]["cxr-job"] == "job1"
+    assert not plugin.should_analyse("a"), "a queued study is not submitted twice"
+    service.jobs["job1"]["state"] = "done"
+    plugin.poll_jobs()
+    assert orthanc.meta["a"]["cxr-status"] == "done"
+    # Our outputs arrive (SR/PR/SEG/SC series): same CR/DX count, nothing to do.
+    orthanc.studies["a"]["series"].append({"MainDicomTags": {"Modality": "SR"}, "Instances": ["x"]})
+    assert not plugin.should_analyse("a")
+    # A new radiograph joins the study: analysed again.
+    orthanc.studies["a"]["series"].append({"MainDicomTags": {"Modality": "DX"}, "Instances": ["y"]})
+    assert plugin.should_analyse("a")
+
+
+def test_service_down_is_retried_with_backoff(setup) -> None:
+    orthanc, service, plugin, sleeps = setup
+    orthanc.add("a", "1.1", [("DX", 1)])
+    service.down = 4
+    plugin.submit("a", force=False)
+    assert sleeps == [1, 2, 4, 4]
+    assert service.submitted == [("1.1", False)]
+
+
+def test_refusal_and_failure_reach_the_metadata(setup) -> None:
+    orthanc, service, plugin, _ = setup
+    orthanc.add("a", "1.1", [("DX", 1)])
+    orthanc.add("b", "1.2", [("DX", 1)])
+    service.refuse = True
+    plugin.submit("a", force=False)
+    assert orthanc.meta["a"]["cxr-status"] == "failed" and "refused" in orthanc.meta["a"]["cxr-reason"]
+    service.refuse = False
+    plugin.submit("b", force=True)
+    service.jobs["job1"].update(state="failed", error="study 1.2 has no CR or DX instance at the source")
+    plugin.poll_jobs()
+    assert orthanc.meta["b"] == {**orthanc.meta["b"], "cxr-status": "failed", "cxr-reason": "study 1.2 has no CR or DX instance at the source"}
+
+
+def test_studies_still_queued_are_resubmitted_at_start(setup) -> None:
+    orthanc, service, plugin, _ = setup
+    orthanc.add("a", "1.1", [("DX", 1)])
+    orthanc.add("b", "1.2", [("DX", 1)])
+    orthanc.meta["a"]["cxr-status"] = "queued"
+    orthanc.meta["b"]["cxr-status"] = "done"
+    assert plugin.resubmit_queued() == 1
+    item = plugin._inbox.get_nowait()
+    plugin._handle(item)
+    assert service.submitted == [("1.1", False)]
+
+
+def test_service_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="url"):
+        ServiceConfig(url="ftp://x", token="t")
+    with pytest.raises(ValueError, match="token"):
+        ServiceConfig(url="http://x", token="")
+
+
+def test_only_the_entry_file_imports_orthanc() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "plugin" / "cxr_plugin"
+    importing = sorted(p.name for p in root.glob("*.py") if "import orthanc" in p.read_text())
+    assert importing == ["entry.py"]
