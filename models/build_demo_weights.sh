@@ -7,18 +7,20 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 TRAIN_DATA="cxr phantom generate --out data/train --n-studies 1200 --seed 1 --size-range 512 768 --no-progress"
 TEST_DATA="cxr phantom generate --out data/test --n-studies 300 --seed 9001 --size-range 512 768 --no-progress"
+VAL_DATA="cxr phantom generate --out data/val --n-studies 150 --seed 2 --size-range 512 768 --no-progress"
 [ -d data/train ] || $TRAIN_DATA
 [ -d data/test ] || $TEST_DATA
+[ -d data/val ] || $VAL_DATA
 
 declare -A TRAIN=(
   [view]="cxr train view --data data/train --out runs/view_final --threads 1 --no-progress"
   [lungs]="cxr train lungs --data data/train --out runs/lungs --epochs 3 --threads 1 --no-progress"
-  [detector_a]="cxr train detector-a --data data/train --out runs/detector_a --threads 1 --no-progress"
+  [detector_a]="cxr train detector-a --data data/train --out runs/detector_a12 --epochs 12 --cache-dir runs/detector_a/cache --threads 2 --no-progress"
   [detector_b]="cxr train detector-b --data data/train --out runs/detector_b12 --epochs 12 --cache-dir runs/detector_b/cache --threads 2 --no-progress"
   [opacity]="cxr train opacity --data data/train --out runs/opacity --threads 1 --no-progress"
   [study]="cxr train study --data data/train --out runs/study --lungs-weights runs/lungs/weights_fp16.pt --opacity-weights runs/opacity/weights_fp16.pt --threads 1 --no-progress"
 )
-declare -A RUN=([view]=runs/view_final [lungs]=runs/lungs [detector_a]=runs/detector_a [detector_b]=runs/detector_b12 [opacity]=runs/opacity [study]=runs/study)
+declare -A RUN=([view]=runs/view_final [lungs]=runs/lungs [detector_a]=runs/detector_a12 [detector_b]=runs/detector_b12 [opacity]=runs/opacity [study]=runs/study)
 declare -A ARCH=(
   [view]="residual CNN (cxr_models.nets.view)"
   [lungs]="U-Net, half-width ResNet18 encoder to layer3 (segmentation-models-pytorch)"
@@ -43,6 +45,9 @@ for name in view lungs detector_a detector_b opacity study; do
     --training-command "${TRAIN[$name]}" --data-command "$TRAIN_DATA" --data-seed 1 --data-studies 1200 \
     --architecture "${ARCH[$name]}" --input-size ${SIZE[$name]} --classes ${CLASSES[$name]}
 done
+
+# The WBF weights, IoU and confidence rule are chosen on the validation set (seed 2), never the test set.
+python -m cxr_models.evaluation.tune_fusion --data data/val --write-manifest
 
 EVAL="cxr evaluate --data data/test --out runs/eval --no-progress"
 $EVAL

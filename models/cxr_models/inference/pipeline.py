@@ -61,6 +61,18 @@ class StudyPrediction:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+def fusion_settings(manifest: dict) -> dict:
+    """The WBF settings chosen on the validation set (manifest ``"fusion"``), else the defaults."""
+    fusion = manifest.get("fusion")
+    if not fusion:
+        return {}
+    return {
+        "weights": (float(fusion["weights"][0]), float(fusion["weights"][1])),
+        "iou_thr": float(fusion["iou_thr"]),
+        "conf_type": str(fusion["conf_type"]),
+    }
+
+
 class Analyzer:
     """The six models loaded once; :meth:`analyze_study` runs a study through every stage."""
 
@@ -97,7 +109,7 @@ class Analyzer:
         analyzer = cls(
             view=view_stage.ViewClassifier.from_state_dict(state("view"), device=dev),
             lungs=lungs_stage.LungSegmenter.from_state_dict(state("lungs"), device=dev),
-            detection=detection_stage.DetectionEnsemble(detector_a, detector_b),
+            detection=detection_stage.DetectionEnsemble(detector_a, detector_b, **fusion_settings(manifest)),
             opacity=opacity_stage.OpacitySegmenter.from_state_dict(state("opacity"), device=dev),
             study=study_stage.StudyClassifier.from_state_dict(state("study"), device=dev),
             manifest=manifest,
