@@ -101,12 +101,11 @@ class JobQueue:
         """A job for the study: the study's active (queued, running or retrying) job when it has
         one, so duplicate notifications become one job; else a new queued job.
         Returns ``(job, created)``."""
-        active = self.store.active_job_for_study(study_instance_uid)
-        if active is not None:
-            return active, False
-        job = self.store.insert(
+        job, created = self.store.insert_unless_active(
             Job.new(study_instance_uid=study_instance_uid, kind=kind, priority=priority, force=force, spool=spool)
         )
+        if not created:
+            return job, False
         self.enqueue(job)
         logger.info("job %s queued for study %s (%s, priority %d)", job.id, study_instance_uid, kind, priority)
         return job, True

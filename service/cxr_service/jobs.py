@@ -145,6 +145,11 @@ class JobStore(ABC):
     def insert(self, job: Job) -> Job: ...
 
     @abstractmethod
+    def insert_unless_active(self, job: Job) -> tuple[Job, bool]:
+        """Atomically: the study's active job if it has one, else ``job`` inserted.
+        Returns ``(job, created)``; simultaneous notifications of a study make one job."""
+
+    @abstractmethod
     def get(self, job_id: str) -> Job | None: ...
 
     @abstractmethod
@@ -154,9 +159,6 @@ class JobStore(ABC):
 
     @abstractmethod
     def jobs_in_states(self, states: Iterable[JobState]) -> list[Job]: ...
-
-    @abstractmethod
-    def active_job_for_study(self, study_instance_uid: str) -> Job | None: ...
 
     @abstractmethod
     def counts_by_state(self) -> dict[str, int]: ...
@@ -306,6 +308,21 @@ class SqliteJobStore(JobStore):
             )
         return job
 
+    def insert_unless_active(self, job: Job) -> tuple[Job, bool]:
+        names = [str(s) for s in ACTIVE_STATES]
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT doc FROM jobs WHERE study_uid = ? AND state IN ({','.join('?' * len(names))})",
+                [job.study_instance_uid, *names],
+            ).fetchall()
+            if rows:
+                return min((Job.from_json(json.loads(r[0])) for r in rows), key=lambda j: j.created_at), False
+            db.execute(
+                "INSERT INTO jobs (id, study_uid, state, doc) VALUES (?, ?, ?, ?)",
+                (job.id, job.study_instance_uid, str(job.state), json.dumps(job.to_json())),
+            )
+        return job, True
+
     def get(self, job_id: str) -> Job | None:
         row = self._connect().execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return Job.from_json(json.loads(row[0])) if row else None
@@ -328,19 +345,6 @@ class SqliteJobStore(JobStore):
         marks = ",".join("?" * len(names))
         rows = self._connect().execute(f"SELECT doc FROM jobs WHERE state IN ({marks})", names).fetchall()
         return [Job.from_json(json.loads(r[0])) for r in rows]
-
-    def active_job_for_study(self, study_instance_uid: str) -> Job | None:
-        names = [str(s) for s in ACTIVE_STATES]
-        rows = (
-            self._connect()
-            .execute(
-                f"SELECT doc FROM jobs WHERE study_uid = ? AND state IN ({','.join('?' * len(names))})",
-                [study_instance_uid, *names],
-            )
-            .fetchall()
-        )
-        jobs = sorted((Job.from_json(json.loads(r[0])) for r in rows), key=lambda j: j.created_at)
-        return jobs[0] if jobs else None
 
     def counts_by_state(self) -> dict[str, int]:
         rows = self._connect().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
@@ -440,6 +444,29 @@ class RedisJobStore(JobStore):
         pipe.execute()
         return job
 
+    def insert_unless_active(self, job: Job) -> tuple[Job, bool]:
+        pointer = self._k("active", job.study_instance_uid)
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(pointer)
+                    current_id = pipe.get(pointer)
+                    if current_id:
+                        raw = pipe.get(self._k("job", current_id))
+                        current = Job.from_json(json.loads(raw)) if raw else None
+                        if current is not None and current.state in ACTIVE_STATES:
+                            pipe.unwatch()
+                            return current, False
+                    pipe.multi()
+                    pipe.set(pointer, job.id)
+                    pipe.set(self._k("job", job.id), json.dumps(job.to_json()))
+                    pipe.sadd(self._k("state", str(job.state)), job.id)
+                    pipe.sadd(self._k("study", job.study_instance_uid), job.id)
+                    pipe.execute()
+                    return job, True
+                except self._redis_module.WatchError:
+                    continue
+
     def get(self, job_id: str) -> Job | None:
         raw = self.client.get(self._k("job", job_id))
         return Job.from_json(json.loads(raw)) if raw else None
@@ -481,11 +508,6 @@ class RedisJobStore(JobStore):
             ids |= self.client.smembers(self._k("state", str(state)))
         wanted = {str(s) for s in states}
         return [j for j in self._jobs(sorted(ids)) if str(j.state) in wanted]
-
-    def active_job_for_study(self, study_instance_uid: str) -> Job | None:
-        jobs = self._jobs(sorted(self.client.smembers(self._k("study", study_instance_uid))))
-        active = sorted((j for j in jobs if j.state in ACTIVE_STATES), key=lambda j: j.created_at)
-        return active[0] if active else None
 
     def counts_by_state(self) -> dict[str, int]:
         return {str(s): int(self.client.scard(self._k("state", str(s)))) for s in JobState}

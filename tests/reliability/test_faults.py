@@ -1,0 +1,127 @@
+"""Faults, with real processes: each study ends analysed exactly once, nothing lost.
+
+(A worker killed mid-job: tests/service/test_service_redis.py. The service down while a study
+arrives in Orthanc: tests/e2e/test_pacs.py.)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+
+import pytest
+
+from cxr_service.jobs import SqliteJobStore
+from tests.service.procs import (
+    ORTHANC_PASSWORD,
+    ORTHANC_USER,
+    Orthanc,
+    start_orthanc,
+    start_redis,
+    start_service,
+    start_worker,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
+
+OUTPUT_MODALITIES = ("SR", "PR", "SEG", "OT")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory, phantom_studies) -> Orthanc:
+    server = start_orthanc(tmp_path_factory.mktemp("source"))
+    server.upload([p for paths in phantom_studies.values() for p in paths])
+    yield server
+    server.stop()
+
+
+def source_settings(orthanc: Orthanc) -> dict[str, object]:
+    return {
+        "source_dicomweb_url": orthanc.dicomweb,
+        "source_username": ORTHANC_USER,
+        "source_password": ORTHANC_PASSWORD,
+        "lease_s": 5,
+        "retry_delay_s": 0.5,
+        "job_retries": 8,
+    }
+
+
+def output_series(orthanc: Orthanc, study_uid: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in orthanc.series_of_study(study_uid):
+        modality = item["00080060"]["Value"][0]
+        if modality in OUTPUT_MODALITIES:
+            counts[modality] = counts.get(modality, 0) + 1
+    return counts
+
+
+def test_duplicate_and_out_of_order_notifications_analyse_once(source: Orthanc, phantom_studies, tmp_path: Path) -> None:
+    uid = list(phantom_studies)[0]
+    data = tmp_path / "svc"
+    service = start_service(data, **source_settings(source))
+    try:
+        with service.client() as c, concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: c.post("/v1/studies", json={"study_instance_uid": uid}).json(), range(12)))
+            job_ids = {a["job"]["id"] for a in answers}
+            assert len(job_ids) == 1, f"12 simultaneous notifications made {len(job_ids)} jobs"
+            assert sum(a["created"] for a in answers) == 1
+            job = service.wait_job(job_ids.pop())
+            assert job["state"] == "done" and job["note"] is None
+            # Late repeats (after the analysis) are recognised and not redone.
+            late = [service.wait_job(c.post("/v1/studies", json={"study_instance_uid": uid}).json()["job"]["id"]) for _ in range(3)]
+            assert all(j["state"] == "done" and "already analysed" in j["note"] for j in late)
+        store = SqliteJobStore(data / "jobs.sqlite3")
+        assert store.get_result(uid).analyses == 1
+        assert output_series(source, uid) == dict.fromkeys(OUTPUT_MODALITIES, 1)
+    finally:
+        service.stop()
+
+
+def test_destination_orthanc_down_while_storing_then_back(source: Orthanc, phantom_studies, tmp_path: Path) -> None:
+    uid = list(phantom_studies)[1]
+    destination = start_orthanc(tmp_path / "destination")
+    destination.stop()  # down before the worker stores its results
+    data = tmp_path / "svc"
+    settings = {**source_settings(source), "destination_dicomweb_url": destination.dicomweb,
+                "destination_username": ORTHANC_USER, "destination_password": ORTHANC_PASSWORD}  # fmt: skip
+    service = start_service(data, **settings)
+    try:
+        with service.client() as c:
+            job_id = c.post("/v1/studies", json={"study_instance_uid": uid, "force": True}).json()["job"]["id"]
+        retrying = service.wait_job(job_id, states=("retrying",), timeout=120)
+        assert "STOW-RS" in retrying["error"] and "unreachable" in retrying["error"]
+        destination.proc.start()
+        job = service.wait_job(job_id, timeout=180)
+        assert job["state"] == "done", job
+        assert job["attempts"] >= 2
+        assert output_series(destination, uid) == dict.fromkeys(OUTPUT_MODALITIES, 1)
+        assert SqliteJobStore(data / "jobs.sqlite3").get_result(uid).analyses == 1
+    finally:
+        service.stop()
+        destination.stop()
+
+
+def test_redis_restart_loses_no_job(source: Orthanc, phantom_studies, tmp_path: Path) -> None:
+    uids = list(phantom_studies)[2:4]
+    redis, url = start_redis(tmp_path / "redis")
+    settings = {**source_settings(source), "queue_backend": "redis", "redis_url": url}
+    service = start_service(tmp_path / "api", worker=False, **settings)
+    worker = None
+    try:
+        with service.client() as c:
+            first = c.post("/v1/studies", json={"study_instance_uid": uids[0], "force": True}).json()["job"]["id"]
+            redis.stop()
+            down = c.post("/v1/studies", json={"study_instance_uid": uids[1], "force": True})
+            assert down.status_code == 503 and down.headers["content-type"] == "application/problem+json"
+            assert c.get("/readyz").status_code == 503
+            redis.start()  # same data folder: the append-only file brings the queue back
+            worker = start_worker(tmp_path / "w", **settings)
+            assert service.wait_job(first)["state"] == "done"
+            second = c.post("/v1/studies", json={"study_instance_uid": uids[1], "force": True}).json()["job"]["id"]
+            assert service.wait_job(second)["state"] == "done"
+            assert c.get("/readyz").status_code == 200
+    finally:
+        service.stop()
+        if worker is not None:
+            worker.stop()
+        redis.stop()
