@@ -42,16 +42,30 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def main() -> None:
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set size (VmHWM) of a live process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def get_args_parser(*, studies: int = 20, size: tuple[int, int] = (1024, 1536)) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--studies", type=int, default=20)
-    parser.add_argument("--size", type=int, nargs=2, default=(1024, 1536), metavar=("MIN", "MAX"))
+    parser.add_argument("--studies", type=int, default=studies)
+    parser.add_argument("--size", type=int, nargs=2, default=size, metavar=("MIN", "MAX"))
     parser.add_argument("--backend", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--workers", type=int, default=1, help="redis backend: cxr worker processes")
     parser.add_argument("--stable-age", type=int, default=2)
     parser.add_argument("--seed", type=int, default=31337)
-    args = parser.parse_args()
+    return parser
 
+
+def main() -> None:
+    run(get_args_parser().parse_args())
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
     from cxr_models.phantom.generate import generate_dataset
 
     with tempfile.TemporaryDirectory(prefix="cxr-bench-e2e-") as tmp:
@@ -99,6 +113,14 @@ def main() -> None:
             print(f"arrival-to-results latency: p50 {percentile(latencies, 0.5):.1f} s, p95 {percentile(latencies, 0.95):.1f} s, "
                   f"mean {statistics.mean(latencies):.1f} s")  # fmt: skip
             print(f"throughput: {len(finished) / total * 60:.1f} studies/min, {images / total:.2f} images/s (burst of {len(sent)})")
+            rss = {"service": peak_rss_mb(service.proc.popen.pid)}
+            rss.update({p.name: peak_rss_mb(p.popen.pid) for p in extra if p.name.startswith("worker")})
+            print("peak RSS: " + ", ".join(f"{name} {mb:.0f} MB" for name, mb in rss.items()))
+            return {
+                "analysed": len(finished), "sent": len(sent), "p50_s": percentile(latencies, 0.5),
+                "p95_s": percentile(latencies, 0.95), "studies_per_min": len(finished) / total * 60,
+                **{f"peak_rss_mb_{k}": v for k, v in rss.items()},
+            }  # fmt: skip
         finally:
             service.stop()
             for proc in extra:
