@@ -1,6 +1,7 @@
 """Per-stage latency of `cxr analyze` on the CPU (or CUDA): decode, each model stage, the writers.
 
     python bench/analyze.py --size 2048 --images 5
+    python bench/analyze.py --size 2048 --images 3 --profile   # each writer, and the top functions
 
 Renders PhantomCXR frontal chest radiographs at ``--size`` x ``--size``, writes them as DICOM,
 then for each image times ingest (file read, decode, display transform), the model stages (one
@@ -12,7 +13,9 @@ on a 2-core CPU, decode included.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import statistics
 import tempfile
 import time
@@ -26,7 +29,7 @@ from cxr_models.phantom.dicom_io import write_dicom
 from cxr_models.phantom.study import render_study
 from cxr_service.analysis import algorithm_info, analyze_study
 from cxr_service.ingest import ingest_file
-from cxr_service.writers import write_all
+from cxr_service.writers import write_all, write_gsps, write_sc, write_seg, write_sr
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,6 +40,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    parser.add_argument(
+        "--profile", action="store_true", help="time each writer separately and print the top functions (cProfile)"
+    )
     return parser
 
 
@@ -53,6 +59,21 @@ def frontal_files(folder: Path, *, count: int, size: int) -> list[Path]:
     return files
 
 
+def time_writers(study) -> dict[str, float]:
+    """Milliseconds of each DICOM writer on its own (the profile's breakdown of "writers")."""
+    out = {}
+    for name, write in (
+        ("  writer SR", lambda: write_sr(study.result, study.sources)),
+        ("  writer GSPS", lambda: write_gsps(study.result, study.sources)),
+        ("  writer SEG", lambda: write_seg(study.result, study.sources)),
+        ("  writer SC", lambda: write_sc(study.result, study.sources, study.displays)),
+    ):
+        start = time.perf_counter()
+        write()
+        out[name] = (time.perf_counter() - start) * 1000.0
+    return out
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -63,6 +84,7 @@ def main(args: argparse.Namespace) -> None:
     analyzer = Analyzer.load(weights_dir=args.weights, device=args.device)
     algorithm = algorithm_info(analyzer.manifest)
     stages: dict[str, list[float]] = {}
+    profiler = cProfile.Profile() if args.profile else None
     with tempfile.TemporaryDirectory() as tmp:
         files = frontal_files(Path(tmp), count=args.images + 1, size=args.size)
         for n, path in enumerate(files):
@@ -71,19 +93,31 @@ def main(args: argparse.Namespace) -> None:
             ingest_ms = (time.perf_counter() - start) * 1000.0
             study = analyze_study([item], study_instance_uid=item.study_instance_uid, analyzer=analyzer, algorithm=algorithm)
             start = time.perf_counter()
-            write_all(study.result, study.sources, study.displays)
-            writers_ms = (time.perf_counter() - start) * 1000.0
+            if args.profile:
+                writer_ms = time_writers(study)
+                writers_ms = sum(writer_ms.values())
+            else:
+                write_all(study.result, study.sources, study.displays)
+                writer_ms = {}
+                writers_ms = (time.perf_counter() - start) * 1000.0
             if n == 0:
+                if profiler is not None:
+                    profiler.enable()
                 continue  # warm-up
-            timings = {"decode+ingest": ingest_ms, **{k: v for k, v in study.result.timings_ms.items() if k not in ("ingest", "models_total")}, "writers": writers_ms}
+            timings = {"decode+ingest": ingest_ms, **{k: v for k, v in study.result.timings_ms.items() if k not in ("ingest", "models_total")}, "writers": writers_ms, **writer_ms}
             timings["total"] = ingest_ms + study.result.timings_ms["models_total"] + writers_ms
             for k, v in timings.items():
                 stages.setdefault(k, []).append(v)
+    if profiler is not None:
+        profiler.disable()
     print(f"cxr analyze latency, {args.size}x{args.size} frontal CR, device {args.device}, "
           f"{torch.get_num_threads()} threads, {args.images} images (after 1 warm-up)")
     print(f"{'stage':<16}{'mean ms':>10}{'p95 ms':>10}")
     for k, v in stages.items():
         print(f"{k:<16}{statistics.fmean(v):>10.1f}{percentile(v, 95):>10.1f}")
+    if profiler is not None:
+        print("\ntop functions by cumulative time (all timed images):")
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
     if args.json:
         print(json.dumps({k: {"mean_ms": statistics.fmean(v), "p95_ms": percentile(v, 95)} for k, v in stages.items()}))
 

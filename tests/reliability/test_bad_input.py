@@ -7,6 +7,7 @@ analysed, the process keeps serving, and no patient name from the corpus reaches
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pydicom
@@ -120,3 +121,64 @@ def _walk(ds: pydicom.Dataset):
             for item in elem.value:
                 yield item
                 yield from _walk(item)
+
+
+def test_each_bad_file_through_c_store_into_orthanc(corpus, tmp_path: Path) -> None:
+    """The PACS door: Orthanc stores what it accepts, the plugin and service analyse the study,
+    and the SR in Orthanc names each bad image's reason; good studies keep flowing."""
+    from pynetdicom import AE
+
+    from tests.service.procs import ORTHANC_PASSWORD, ORTHANC_USER, start_orthanc
+
+    service_port = free_port()
+    orthanc = start_orthanc(tmp_path / "orthanc", plugin_service_url=f"http://127.0.0.1:{service_port}")
+    service = start_service(
+        tmp_path / "svc", port=service_port, source_dicomweb_url=orthanc.dicomweb,
+        source_username=ORTHANC_USER, source_password=ORTHANC_PASSWORD,
+    )  # fmt: skip
+    try:
+        study_uid = corpus[REFERENCE_CASE].study_instance_uid
+        stored = []
+        for name in (REFERENCE_CASE, *MALFORMED_CASES):
+            if name not in corpus:
+                continue
+            try:
+                ds = pydicom.dcmread(corpus[name].path)
+                context = (ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+            except Exception:
+                continue  # not even an SCU can parse it
+            ae = AE(ae_title="TESTSCU")
+            ae.add_requested_context(*context)
+            assoc = ae.associate("127.0.0.1", orthanc.dicom_port, ae_title="ORTHANC")
+            if assoc.is_established:
+                try:
+                    status = assoc.send_c_store(ds)
+                    if status and int(status.Status) == 0:
+                        stored.append(name)
+                finally:
+                    assoc.release()
+        assert REFERENCE_CASE in stored and len(stored) >= 6, stored
+
+        def sr_text() -> str | None:
+            with orthanc.client() as c:
+                r = c.get(f"/dicom-web/studies/{study_uid}/series", params={"Modality": "SR"})
+                if r.status_code != 200 or not r.json():
+                    return None
+                series_uid = r.json()[0]["0020000E"]["Value"][0]
+                inst = c.get(f"/dicom-web/studies/{study_uid}/series/{series_uid}/instances").json()[0]["00080018"]["Value"][0]
+                raw = c.get(f"/dicom-web/studies/{study_uid}/series/{series_uid}/instances/{inst}", headers={"Accept": "multipart/related; type=\"application/dicom\""})
+                body = raw.content
+                start = body.index(b"DICM") - 128
+                ds = pydicom.dcmread(io.BytesIO(body[start:]))
+                return " ".join(str(i.get("TextValue", "")) for i in _walk(ds))
+
+        text = wait_until(sr_text, timeout=180, interval=1.0, what="the SR in Orthanc")
+        same_study = [n for n in stored if n != REFERENCE_CASE and corpus[n].study_instance_uid in (None, study_uid)]
+        assert len(same_study) >= 5, stored
+        for name in same_study:
+            assert corpus[name].reason_contains in text, f"{name}: {corpus[name].reason_contains!r} not in the SR"
+    finally:
+        service.stop()
+        orthanc.stop()
+    assert_no_patient_names(service.proc.output())
+    assert_no_patient_names(orthanc.log())
