@@ -7,6 +7,7 @@ arrives in Orthanc: tests/e2e/test_pacs.py.)
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,45 @@ def test_redis_restart_loses_no_job(source: Orthanc, phantom_studies, tmp_path: 
         if worker is not None:
             worker.stop()
         redis.stop()
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path):
+    """A 16 MB tmpfs for the queue's data folder (needs root, as on the CI machines)."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    run = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if run.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {run.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with filler.open("wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * (256 * 1024))
+                fh.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_queue_disk_full_gives_a_clear_error_and_recovers(source: Orthanc, phantom_studies, small_disk: Path) -> None:
+    uid = list(phantom_studies)[0]
+    service = start_service(small_disk / "svc", **source_settings(source))
+    try:
+        filler = fill(small_disk)
+        with service.client() as c:
+            full = c.post("/v1/studies", json={"study_instance_uid": uid, "force": True})
+            assert full.status_code == 507, full.text
+            assert full.headers["content-type"] == "application/problem+json"
+            assert "storage is full" in full.json()["detail"]
+            assert c.get("/healthz").status_code == 200
+            filler.unlink()  # space returns
+            job_id = c.post("/v1/studies", json={"study_instance_uid": uid, "force": True}).json()["job"]["id"]
+            assert service.wait_job(job_id)["state"] == "done"
+    finally:
+        service.stop()

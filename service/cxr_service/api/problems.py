@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -30,6 +31,18 @@ class Problem(Exception):
         self.title = title or HTTPStatus(self.status).phrase
         self.headers = dict(headers or {})
         self.extra = extra
+
+
+def storage_full(exc: BaseException) -> bool:
+    """True when ``exc`` (or its cause) says the disk or database is full (ENOSPC, SQLITE_FULL)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if "disk is full" in str(seen) or "No space left" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def problem_response(

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 
 from cxr_service.api.deps import Authorized, QueueDep
-from cxr_service.api.problems import Problem
+from cxr_service.api.problems import Problem, storage_full
 from cxr_service.api.schemas import JobOut, StudyRequest, SubmitOut
 from cxr_service.jobqueue import PRIORITIES
 from cxr_service.jobs import JobKind
@@ -24,7 +24,7 @@ _PROBLEMS = {401: {"description": "missing or wrong bearer token"}}
     status_code=202,
     response_model=SubmitOut,
     summary="Queue a study held by the DICOMweb source for analysis",
-    responses={**_PROBLEMS, 503: {"description": "queue unreachable"}},
+    responses={**_PROBLEMS, 503: {"description": "queue unreachable"}, 507: {"description": "queue storage full"}},
 )
 def submit_study(body: StudyRequest, queue: QueueDep, response: Response) -> SubmitOut:
     try:
@@ -35,6 +35,9 @@ def submit_study(body: StudyRequest, queue: QueueDep, response: Response) -> Sub
             force=body.force,
         )
     except Exception as exc:
+        if storage_full(exc):
+            logger.error("could not queue study %s: the queue's storage is full", body.study_instance_uid)
+            raise Problem(507, "the queue's storage is full; free disk space and retry", headers={"Retry-After": "30"}) from exc
         logger.exception("could not queue study %s", body.study_instance_uid)
         raise Problem(503, f"queue unreachable ({type(exc).__name__})", headers={"Retry-After": "5"}) from exc
     response.headers["Location"] = f"/v1/jobs/{job.id}"
