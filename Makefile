@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the product and its tests use (pinned by the Debian release).
-APT_PACKAGES := dcmtk dicom3tools fonts-dejavu-core redis-server orthanc orthanc-python orthanc-dicomweb orthanc-gdcm
+APT_PACKAGES := dcmtk dicom3tools fonts-dejavu-core redis-server orthanc orthanc-python orthanc-dicomweb orthanc-gdcm \
+                nginx-light chromium docker-compose
 
-.PHONY: up down test venv system-deps weights-check
+.PHONY: up down status test venv viewer system-deps weights-check
 
 venv: $(VENV)/.installed
 
@@ -18,6 +19,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -27,17 +29,22 @@ system-deps:
 weights-check: venv
 	$(PY) -c "from cxr_models.weights import load_manifest, load_state_dict, MODEL_NAMES; m = load_manifest(); [load_state_dict(n, manifest=m) for n in MODEL_NAMES]; print('demo weights', m['version'], 'verified:', ', '.join(MODEL_NAMES))"
 
-DEMO_DIR := var/demo
+# OHIF (npm @ohif/app dist) and puppeteer-core, exact versions from orthanc/viewer/package-lock.json.
+viewer: orthanc/viewer/node_modules/.installed
 
-up: system-deps venv weights-check
-	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
-	$(VENV)/bin/cxr phantom generate --out $(DEMO_DIR)/phantom --n-studies 1 --seed 7 --size-range 1024 1536 --other-fraction 0 --no-progress
-	$(VENV)/bin/cxr analyze $(DEMO_DIR)/phantom/train --out $(DEMO_DIR)/results
-	@echo "cxr is installed in $(VENV); a demo PhantomCXR study was analysed into $(DEMO_DIR)/results."
-	@echo "The service, Orthanc and the viewer are not part of this release yet (see README: Status)."
+orthanc/viewer/node_modules/.installed: orthanc/viewer/package.json orthanc/viewer/package-lock.json
+	npm ci --prefix orthanc/viewer --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Orthanc (+ plugin), the API, a worker and the viewer in the background; one demo study; the URLs.
+up: system-deps venv weights-check viewer
+	$(PYTHON) orthanc/stack.py up
 
 down:
-	@echo "nothing running yet"
+	$(PYTHON) orthanc/stack.py down
 
-test: system-deps venv
+status:
+	$(PYTHON) orthanc/stack.py status
+
+test: system-deps venv viewer
 	$(PY) -m pytest -q
