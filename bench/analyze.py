@@ -1,7 +1,7 @@
 """Per-stage latency of `cxr analyze` on the CPU (or CUDA): decode, each model stage, the writers.
 
     python bench/analyze.py --size 2048 --images 5
-    python bench/analyze.py --size 2048 --images 3 --profile   # each writer, and the top functions
+    python bench/analyze.py --size 2048 --images 3 --profile   # plus the top functions (cProfile)
 
 Renders PhantomCXR frontal chest radiographs at ``--size`` x ``--size``, writes them as DICOM,
 then for each image times ingest (file read, decode, display transform), the model stages (one
@@ -29,7 +29,7 @@ from cxr_models.phantom.dicom_io import write_dicom
 from cxr_models.phantom.study import render_study
 from cxr_service.analysis import algorithm_info, analyze_study
 from cxr_service.ingest import ingest_file
-from cxr_service.writers import write_all, write_gsps, write_sc, write_seg, write_sr
+from cxr_service.writers import write_gsps, write_sc, write_seg, write_sr
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument(
-        "--profile", action="store_true", help="time each writer separately and print the top functions (cProfile)"
+        "--profile", action="store_true", help="also print the top functions by cumulative time (cProfile)"
     )
     return parser
 
@@ -92,14 +92,8 @@ def main(args: argparse.Namespace) -> None:
             item = ingest_file(path)
             ingest_ms = (time.perf_counter() - start) * 1000.0
             study = analyze_study([item], study_instance_uid=item.study_instance_uid, analyzer=analyzer, algorithm=algorithm)
-            start = time.perf_counter()
-            if args.profile:
-                writer_ms = time_writers(study)
-                writers_ms = sum(writer_ms.values())
-            else:
-                write_all(study.result, study.sources, study.displays)
-                writer_ms = {}
-                writers_ms = (time.perf_counter() - start) * 1000.0
+            writer_ms = time_writers(study)
+            writers_ms = sum(writer_ms.values())
             if n == 0:
                 if profiler is not None:
                     profiler.enable()

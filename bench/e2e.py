@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             latencies = [finished[u] - sent[u] for u in finished]
             images = sum(len(studies[u]) for u in finished)
             total = max(finished.values()) - start if finished else float("nan")
-            print(f"backend {args.backend}, workers {args.workers if args.backend == 'redis' else 1} (embedded), "
+            workers = f"{args.workers} cxr worker process(es)" if args.backend == "redis" else "1 embedded worker"
+            print(f"backend {args.backend}, {workers}, "
                   f"StableAge {args.stable_age} s, image size {args.size[0]}-{args.size[1]} px")  # fmt: skip
             print(f"studies analysed: {len(finished)}/{len(sent)} ({images} images)")
             print(f"arrival-to-results latency: p50 {percentile(latencies, 0.5):.1f} s, p95 {percentile(latencies, 0.95):.1f} s, "
