@@ -23,8 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.service.conftest import studies_in  # noqa: E402
 from tests.service.procs import (  # noqa: E402
-    ORTHANC_PASSWORD,
-    ORTHANC_USER,
     c_store,
     free_port,
     start_orthanc,
@@ -75,11 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         )
         service_port = free_port()
         orthanc = start_orthanc(root / "orthanc", plugin_service_url=f"http://127.0.0.1:{service_port}", stable_age=args.stable_age)
-        settings: dict[str, object] = {
-            "source_dicomweb_url": orthanc.dicomweb,
-            "source_username": ORTHANC_USER,
-            "source_password": ORTHANC_PASSWORD,
-        }
+        settings = orthanc.source_settings()
         extra = []
         if args.backend == "redis":
             redis_proc, url = start_redis(root / "redis")

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.service.procs import (
-    ORTHANC_PASSWORD,
-    ORTHANC_USER,
+    ONE_OF_EACH,
     c_store,
     free_port,
     start_orthanc,
@@ -20,7 +19,6 @@ from tests.service.procs import (
 
 pytestmark = pytest.mark.slow
 
-OUTPUT_MODALITIES = ("SR", "PR", "SEG", "OT")
 STABLE_AGE = 2
 
 
@@ -29,27 +27,10 @@ def pacs(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("pacs")
     service_port = free_port()
     orthanc = start_orthanc(root / "orthanc", plugin_service_url=f"http://127.0.0.1:{service_port}", stable_age=STABLE_AGE)
-    settings = {
-        "source_dicomweb_url": orthanc.dicomweb,
-        "source_username": ORTHANC_USER,
-        "source_password": ORTHANC_PASSWORD,
-        "lease_s": 10,
-    }
-    service = start_service(root / "service", port=service_port, **settings)
+    service = start_service(root / "service", port=service_port, **orthanc.source_settings(lease_s=10))
     yield orthanc, service
     service.stop()
     orthanc.stop()
-
-
-def outputs(orthanc, study_uid: str) -> dict[str, tuple[int, int]]:
-    counts: dict[str, list[int]] = {}
-    for item in orthanc.series_of_study(study_uid):
-        modality = item["00080060"]["Value"][0]
-        if modality in OUTPUT_MODALITIES:
-            entry = counts.setdefault(modality, [0, 0])
-            entry[0] += 1
-            entry[1] += int(item["00201209"]["Value"][0])
-    return {m: tuple(v) for m, v in counts.items()}
 
 
 def wait_status(orthanc, study_uid: str, status: str, *, timeout: float = 120) -> dict[str, str]:
@@ -70,7 +51,7 @@ def test_c_store_into_orthanc_comes_back_analysed(pacs, phantom_studies) -> None
     with orthanc.client() as c:
         sr = c.get(f"/dicom-web/studies/{uid}/series", params={"Modality": "SR"})
     assert sr.status_code == 200 and len(sr.json()) == 1
-    assert {m: n[0] for m, n in outputs(orthanc, uid).items()} == dict.fromkeys(OUTPUT_MODALITIES, 1)
+    assert orthanc.output_series(uid) == ONE_OF_EACH
     # Our own outputs made STABLE_STUDY fire again: no second job.
     with service.client() as c:
         jobs = c.get(f"/v1/studies/{uid}/result").json()
@@ -90,14 +71,14 @@ def test_study_sent_while_the_service_is_down_is_analysed_when_it_returns(pacs, 
     finally:
         service.restart()
     wait_status(orthanc, uid, "done", timeout=120)
-    assert {m: n[0] for m, n in outputs(orthanc, uid).items()} == dict.fromkeys(OUTPUT_MODALITIES, 1)
+    assert orthanc.output_series(uid) == ONE_OF_EACH
 
 
 def test_rest_route_reruns_and_replaces_the_outputs(pacs, phantom_studies) -> None:
     orthanc, service = pacs
     uid, paths = next((u, p) for u, p in phantom_studies.items() if len(p) >= 2)
     before = wait_status(orthanc, uid, "done", timeout=STABLE_AGE + 60)
-    counts = outputs(orthanc, uid)
+    counts = orthanc.outputs(uid)
     orthanc_id = orthanc.study_id(uid)
     with orthanc.client() as c:
         r = c.post(f"/cxr/studies/{orthanc_id}/analyze")
@@ -109,7 +90,7 @@ def test_rest_route_reruns_and_replaces_the_outputs(pacs, phantom_studies) -> No
         what="the re-run",
     )
     assert after["cxr-job"] != before["cxr-job"]
-    assert outputs(orthanc, uid) == counts, "re-analysis must replace the outputs, not add to them"
+    assert orthanc.outputs(uid) == counts, "re-analysis must replace the outputs, not add to them"
     with service.client() as c:
         job = c.get(f"/v1/jobs/{after['cxr-job']}").json()
     assert job["force"] is True and job["note"] is None

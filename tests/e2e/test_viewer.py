@@ -77,13 +77,7 @@ def viewer_stack(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("viewer")
     service_port = free_port()
     orthanc = start_orthanc(root / "orthanc", plugin_service_url=f"http://127.0.0.1:{service_port}", stable_age=STABLE_AGE)
-    settings = {
-        "source_dicomweb_url": orthanc.dicomweb,
-        "source_username": ORTHANC_USER,
-        "source_password": ORTHANC_PASSWORD,
-        "lease_s": 10,
-    }
-    service = start_service(root / "service", port=service_port, **settings)
+    service = start_service(root / "service", port=service_port, **orthanc.source_settings(lease_s=10))
     port = free_port()
     argv = [
         sys.executable, str(VIEWER / "launch.py"), "--workdir", str(root / "viewer"),

@@ -128,14 +128,11 @@ def test_each_bad_file_through_c_store_into_orthanc(corpus, tmp_path: Path) -> N
     and the SR in Orthanc names each bad image's reason; good studies keep flowing."""
     from pynetdicom import AE
 
-    from tests.service.procs import ORTHANC_PASSWORD, ORTHANC_USER, start_orthanc
+    from tests.service.procs import start_orthanc
 
     service_port = free_port()
     orthanc = start_orthanc(tmp_path / "orthanc", plugin_service_url=f"http://127.0.0.1:{service_port}")
-    service = start_service(
-        tmp_path / "svc", port=service_port, source_dicomweb_url=orthanc.dicomweb,
-        source_username=ORTHANC_USER, source_password=ORTHANC_PASSWORD,
-    )  # fmt: skip
+    service = start_service(tmp_path / "svc", port=service_port, **orthanc.source_settings())
     try:
         study_uid = corpus[REFERENCE_CASE].study_instance_uid
         stored = []

@@ -14,6 +14,7 @@ import pytest
 
 from cxr_service.jobs import SqliteJobStore
 from tests.service.procs import (
+    ONE_OF_EACH,
     ORTHANC_PASSWORD,
     ORTHANC_USER,
     Orthanc,
@@ -25,9 +26,6 @@ from tests.service.procs import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
-OUTPUT_MODALITIES = ("SR", "PR", "SEG", "OT")
-
-
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory, phantom_studies) -> Orthanc:
     server = start_orthanc(tmp_path_factory.mktemp("source"))
@@ -37,23 +35,7 @@ def source(tmp_path_factory: pytest.TempPathFactory, phantom_studies) -> Orthanc
 
 
 def source_settings(orthanc: Orthanc) -> dict[str, object]:
-    return {
-        "source_dicomweb_url": orthanc.dicomweb,
-        "source_username": ORTHANC_USER,
-        "source_password": ORTHANC_PASSWORD,
-        "lease_s": 5,
-        "retry_delay_s": 0.5,
-        "job_retries": 8,
-    }
-
-
-def output_series(orthanc: Orthanc, study_uid: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for item in orthanc.series_of_study(study_uid):
-        modality = item["00080060"]["Value"][0]
-        if modality in OUTPUT_MODALITIES:
-            counts[modality] = counts.get(modality, 0) + 1
-    return counts
+    return orthanc.source_settings(lease_s=5, retry_delay_s=0.5, job_retries=8)
 
 
 def test_duplicate_and_out_of_order_notifications_analyse_once(source: Orthanc, phantom_studies, tmp_path: Path) -> None:
@@ -73,7 +55,7 @@ def test_duplicate_and_out_of_order_notifications_analyse_once(source: Orthanc, 
             assert all(j["state"] == "done" and "already analysed" in j["note"] for j in late)
         store = SqliteJobStore(data / "jobs.sqlite3")
         assert store.get_result(uid).analyses == 1
-        assert output_series(source, uid) == dict.fromkeys(OUTPUT_MODALITIES, 1)
+        assert source.output_series(uid) == ONE_OF_EACH
     finally:
         service.stop()
 
@@ -95,7 +77,7 @@ def test_destination_orthanc_down_while_storing_then_back(source: Orthanc, phant
         job = service.wait_job(job_id, timeout=180)
         assert job["state"] == "done", job
         assert job["attempts"] >= 2
-        assert output_series(destination, uid) == dict.fromkeys(OUTPUT_MODALITIES, 1)
+        assert destination.output_series(uid) == ONE_OF_EACH
         assert SqliteJobStore(data / "jobs.sqlite3").get_result(uid).analyses == 1
     finally:
         service.stop()
@@ -168,3 +150,27 @@ def test_queue_disk_full_gives_a_clear_error_and_recovers(source: Orthanc, phant
             assert service.wait_job(job_id)["state"] == "done"
     finally:
         service.stop()
+
+
+def test_service_killed_mid_job_then_restarted_analyses_once(large_study, tmp_path: Path) -> None:
+    """The embedded mode: `cxr serve` runs the job itself and is SIGKILLed in the middle of it."""
+    uid, paths = large_study
+    orthanc = start_orthanc(tmp_path / "orthanc")
+    orthanc.upload(paths)
+    data = tmp_path / "svc"
+    service = start_service(data, **orthanc.source_settings(lease_s=3))
+    try:
+        with service.client() as c:
+            job_id = c.post("/v1/studies", json={"study_instance_uid": uid}).json()["job"]["id"]
+        service.wait_job(job_id, states=("running",), timeout=60)
+        service.proc.kill()
+        store = SqliteJobStore(data / "jobs.sqlite3")
+        assert store.get(job_id).state == "running", "the job must be cut off mid-way"
+        service.restart()
+        job = service.wait_job(job_id, timeout=180)
+        assert job["state"] == "done" and job["attempts"] == 2, job
+        assert store.get_result(uid).analyses == 1
+        assert orthanc.output_series(uid) == ONE_OF_EACH
+    finally:
+        service.stop()
+        orthanc.stop()

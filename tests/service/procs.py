@@ -25,6 +25,9 @@ CXR = Path(sys.executable).with_name("cxr")
 TOKEN = "test-token-0123456789abcdef"
 ORTHANC_USER = "cxr-test"
 ORTHANC_PASSWORD = "orthanc-test-password-42"
+# Modalities of the outputs cxr stores: SR, GSPS (PR), SEG and Secondary Capture (OT).
+OUTPUT_MODALITIES = ("SR", "PR", "SEG", "OT")
+ONE_OF_EACH = dict.fromkeys(OUTPUT_MODALITIES, 1)
 
 
 def free_port() -> int:
@@ -131,6 +134,30 @@ class Orthanc:
             for path in paths:
                 r = c.post("/instances", content=path.read_bytes())
                 r.raise_for_status()
+
+    def outputs(self, study_uid: str) -> dict[str, tuple[int, int]]:
+        """Our output modalities in the study (QIDO-RS): modality → (series, instances)."""
+        counts: dict[str, list[int]] = {}
+        for item in self.series_of_study(study_uid):
+            modality = item["00080060"]["Value"][0]
+            if modality in OUTPUT_MODALITIES:
+                entry = counts.setdefault(modality, [0, 0])
+                entry[0] += 1
+                entry[1] += int(item["00201209"]["Value"][0])
+        return {m: (n[0], n[1]) for m, n in counts.items()}
+
+    def output_series(self, study_uid: str) -> dict[str, int]:
+        """Modality → number of our output series in the study."""
+        return {m: n[0] for m, n in self.outputs(study_uid).items()}
+
+    def source_settings(self, **extra: object) -> dict[str, object]:
+        """cxr settings that make this Orthanc the DICOMweb source (and destination)."""
+        return {
+            "source_dicomweb_url": self.dicomweb,
+            "source_username": ORTHANC_USER,
+            "source_password": ORTHANC_PASSWORD,
+            **extra,
+        }
 
     def series_of_study(self, study_uid: str) -> list[dict]:
         with self.client() as c:

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.service.procs import (
-    ORTHANC_PASSWORD,
-    ORTHANC_USER,
+    OUTPUT_MODALITIES,
     Orthanc,
     free_port,
     start_orthanc,
@@ -21,7 +20,7 @@ from tests.service.procs import (
 
 pytestmark = pytest.mark.slow
 
-OUTPUT_MODALITIES = {"SR", "PR", "SEG", "OT"}
+
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +32,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory, phantom_studies: dict[str,
 
 
 def source_settings(orthanc: Orthanc) -> dict[str, object]:
-    return {
-        "source_dicomweb_url": orthanc.dicomweb,
-        "source_username": ORTHANC_USER,
-        "source_password": ORTHANC_PASSWORD,
-        "job_retries": 1,
-        "retry_delay_s": 0.5,
-        "lease_s": 5,
-    }
+    return orthanc.source_settings(job_retries=1, retry_delay_s=0.5, lease_s=5)
 
 
 def series_by_modality(orthanc: Orthanc, study_uid: str) -> dict[str, list[dict]]:
@@ -65,7 +57,7 @@ def test_dicomweb_round_trip_then_idempotent_and_forced(orthanc: Orthanc, phanto
 
             # QIDO-RS on Orthanc finds every output series, each written once.
             found = series_by_modality(orthanc, study_uid)
-            assert OUTPUT_MODALITIES <= set(found), found.keys()
+            assert set(OUTPUT_MODALITIES) <= set(found), found.keys()
             assert all(len(found[m]) == 1 for m in OUTPUT_MODALITIES)
             qido = orthanc.client().get(f"/dicom-web/studies/{study_uid}/series", params={"Modality": "SR"})
             assert qido.status_code == 200 and len(qido.json()) == 1

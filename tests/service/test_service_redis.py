@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.service.procs import (
-    ORTHANC_PASSWORD,
-    ORTHANC_USER,
+    ONE_OF_EACH,
     Orthanc,
     start_orthanc,
     start_redis,
@@ -21,9 +20,6 @@ from tests.service.procs import (
 
 pytestmark = pytest.mark.slow
 
-OUTPUT_MODALITIES = ("SR", "PR", "SEG", "OT")
-
-
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory, phantom_studies, large_study) -> Orthanc:
     server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
@@ -33,27 +29,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory, phantom_studies, large_stu
 
 
 def settings_for(orthanc: Orthanc, redis_url: str) -> dict[str, object]:
-    return {
-        "queue_backend": "redis",
-        "redis_url": redis_url,
-        "source_dicomweb_url": orthanc.dicomweb,
-        "source_username": ORTHANC_USER,
-        "source_password": ORTHANC_PASSWORD,
-        "lease_s": 3,
-        "retry_delay_s": 0.5,
-    }
-
-
-def output_counts(orthanc: Orthanc, study_uid: str) -> dict[str, tuple[int, int]]:
-    """Modality → (series, instances) of our outputs in Orthanc."""
-    counts: dict[str, list[int]] = {}
-    for item in orthanc.series_of_study(study_uid):
-        modality = item["00080060"]["Value"][0]
-        if modality in OUTPUT_MODALITIES:
-            entry = counts.setdefault(modality, [0, 0])
-            entry[0] += 1
-            entry[1] += int(item["00201209"]["Value"][0])
-    return {m: tuple(v) for m, v in counts.items()}
+    return orthanc.source_settings(queue_backend="redis", redis_url=redis_url, lease_s=3, retry_delay_s=0.5)
 
 
 def test_two_redis_workers_analyse_every_study(orthanc: Orthanc, phantom_studies, tmp_path: Path) -> None:
@@ -75,7 +51,7 @@ def test_two_redis_workers_analyse_every_study(orthanc: Orthanc, phantom_studies
         assert f'cxr_jobs{{state="done"}} {float(len(ids))}' in metrics
         assert 'cxr_stage_latency_seconds_count{stage="total"}' in metrics
         for uid in phantom_studies:
-            assert {m: c[0] for m, c in output_counts(orthanc, uid).items()} == dict.fromkeys(OUTPUT_MODALITIES, 1)
+            assert orthanc.output_series(uid) == ONE_OF_EACH
         assert len(ran_on) == len(ids)
         # Both workers took part (4 jobs, 2 workers: each log names the jobs it ran).
         logs = [w.output() for w in workers]
@@ -113,8 +89,8 @@ def test_worker_killed_mid_job_then_restarted_analyses_the_study_once(orthanc: O
                 result = c.get(f"/v1/studies/{study_uid}/result").json()
             assert result["job_id"] == job_id
             # Exactly once: one analysis recorded, one series of each output in the PACS.
-            counts = output_counts(orthanc, study_uid)
-            assert {m: c[0] for m, c in counts.items()} == dict.fromkeys(OUTPUT_MODALITIES, 1)
+            counts = orthanc.outputs(study_uid)
+            assert {m: c[0] for m, c in counts.items()} == ONE_OF_EACH
             assert counts["SR"] == (1, 1)
             stored = wait_until(lambda: _analyses(url, study_uid), timeout=5)
             assert stored == 1
