@@ -149,6 +149,15 @@ def send_demo_study(creds: dict[str, str]) -> str:
 
 
 def up(args: argparse.Namespace) -> None:
+    try:
+        start_all(args)
+    except (SystemExit, KeyboardInterrupt, subprocess.CalledProcessError):
+        print("start-up failed: stopping what was started (logs stay in var/log/)")
+        down(args)
+        raise
+
+
+def start_all(args: argparse.Namespace) -> None:
     creds = ensure_credentials()
     orthanc_auth = (creds["CXR_ORTHANC_USER"], creds["CXR_ORTHANC_PASSWORD"])
     spawn(
@@ -169,7 +178,7 @@ def up(args: argparse.Namespace) -> None:
          "--port", str(VIEWER_PORT), "--orthanc-url", f"http://127.0.0.1:{ORTHANC_HTTP}"],
         {},
     )  # fmt: skip
-    wait_http(f"http://127.0.0.1:{VIEWER_PORT}/", what="the viewer", name="viewer")
+    wait_http(f"http://127.0.0.1:{VIEWER_PORT}/", what="the viewer", auth=orthanc_auth, name="viewer")
     study = send_demo_study(creds) if not args.no_demo else None
     print()
     print("cxr is up (demo weights: not for clinical use).")
