@@ -1,0 +1,83 @@
+"""Job-store semantics, identical on SQLite and on a real Redis: one active job per study, one
+claimant per job, leases that expire, terminal states that stay terminal, counters."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from cxr_service.jobs import Job, JobKind, JobState, RedisJobStore, SqliteJobStore
+from tests.service.procs import start_redis
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "sqlite":
+        s = SqliteJobStore(tmp_path / "jobs.sqlite3")
+        yield s
+        s.close()
+        return
+    proc, url = start_redis(tmp_path / "redis")
+    s = RedisJobStore(url, prefix="cxr:test")
+    yield s
+    s.close()
+    proc.stop()
+
+
+def new(uid: str = "1.2.3") -> Job:
+    return Job.new(study_instance_uid=uid, kind=JobKind.DICOMWEB)
+
+
+def test_one_active_job_per_study(store) -> None:
+    first, created = store.insert_unless_active(new())
+    assert created
+    again, created = store.insert_unless_active(new())
+    assert not created and again.id == first.id
+    other, created = store.insert_unless_active(new("1.2.4"))
+    assert created and other.id != first.id
+    store.claim(first.id, worker="w", lease_s=30)
+    store.finish(first.id, worker="w", state=JobState.DONE)
+    after, created = store.insert_unless_active(new())
+    assert created and after.id != first.id, "a finished job does not block a new one"
+
+
+def test_claims_leases_and_terminal_states(store) -> None:
+    job, _ = store.insert_unless_active(new())
+    claimed = store.claim(job.id, worker="a", lease_s=0.3)
+    assert claimed is not None and claimed.state == JobState.RUNNING and claimed.attempts == 1
+    assert store.claim(job.id, worker="b", lease_s=30) is None, "held by a live lease"
+    assert store.heartbeat(job.id, worker="a", lease_s=0.3)
+    assert not store.heartbeat(job.id, worker="b", lease_s=30)
+    time.sleep(0.4)
+    requeued = store.requeue_expired()
+    assert [j.id for j in requeued] == [job.id] and requeued[0].state == JobState.QUEUED
+    reclaimed = store.claim(job.id, worker="b", lease_s=30)
+    assert reclaimed is not None and reclaimed.attempts == 2
+    assert store.finish(job.id, worker="a", state=JobState.DONE) is None, "only the claimant finishes"
+    done = store.finish(job.id, worker="b", state=JobState.DONE, model_version="v", timings_ms={"total": 5.0})
+    assert done is not None and done.state == JobState.DONE and done.finished_at is not None
+    assert store.claim(job.id, worker="c", lease_s=30) is None, "a finished job never runs again"
+    assert store.counts_by_state()["done"] == 1
+
+
+def test_retrying_jobs_are_claimable_and_results_count_analyses(store) -> None:
+    job, _ = store.insert_unless_active(new())
+    store.claim(job.id, worker="a", lease_s=30)
+    retrying = store.finish(job.id, worker="a", state=JobState.RETRYING, error="PACS down")
+    assert retrying.state == JobState.RETRYING and retrying.error == "PACS down"
+    assert store.claim(job.id, worker="b", lease_s=30).attempts == 2
+    document = {"study_instance_uid": "1.2.3", "model_version": "v", "images": []}
+    assert store.put_result(document=document, job_id=job.id).analyses == 1
+    assert store.put_result(document=document, job_id=job.id).analyses == 2
+    assert store.get_result("1.2.3").document == document
+    assert store.get_result("9.9") is None
+
+
+def test_latency_histograms(store) -> None:
+    for ms in (5.0, 30.0, 700.0):
+        store.observe("lungs", ms)
+    hist = store.histograms()["lungs"]
+    assert hist.count == 3 and hist.sum_ms == pytest.approx(735.0)
+    assert hist.buckets[10] == 1 and hist.buckets[50] == 2 and hist.buckets[1000] == 3
