@@ -94,3 +94,20 @@ def test_rest_route_reruns_and_replaces_the_outputs(pacs, phantom_studies) -> No
     with service.client() as c:
         job = c.get(f"/v1/jobs/{after['cxr-job']}").json()
     assert job["force"] is True and job["note"] is None
+
+
+def test_queued_study_survives_an_orthanc_restart(pacs, large_study) -> None:
+    """Orthanc restarts while a study waits for the (stopped) service: at start-up the plugin
+    finds it still `queued` in the metadata and submits it again."""
+    orthanc, service = pacs
+    uid, paths = large_study
+    service.stop()
+    try:
+        assert c_store(paths, port=orthanc.dicom_port) == [0] * len(paths)
+        wait_status(orthanc, uid, "queued", timeout=STABLE_AGE + 30)
+        orthanc.restart()
+        wait_until(lambda: "still queued from before: resubmitted" in orthanc.log(), timeout=30, what="the resubmission")
+    finally:
+        service.restart()
+    wait_status(orthanc, uid, "done", timeout=180)
+    assert orthanc.output_series(uid) == ONE_OF_EACH
