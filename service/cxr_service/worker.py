@@ -153,7 +153,13 @@ class JobRunner:
         start = time.perf_counter()
         listed = self._list(job)
         previous = self.store.get_result(job.study_instance_uid)
-        if not job.force and previous is not None and previous.model_version == version:
+        destination = self._destination(job)
+        if (
+            not job.force
+            and previous is not None
+            and previous.model_version == version
+            and previous.document.get("delivered_to") == destination
+        ):
             before = {i["sop_instance_uid"] for i in previous.document.get("images", [])}
             if before == set(listed):
                 note = f"already analysed with model version {version} (job {previous.job_id}); not redone"
@@ -168,6 +174,7 @@ class JobRunner:
         deliver_ms = (time.perf_counter() - start) * 1000.0
         document = result_document(study, datasets, writers_ms=writers_ms)
         document["job_id"] = job.id
+        document["delivered_to"] = destination
         document["timings_ms"].update(fetch=round(fetch_ms, 1), deliver=round(deliver_ms, 1))
         self.store.put_result(document=document, job_id=job.id)
         self._cleanup(job)
@@ -217,6 +224,16 @@ class JobRunner:
                 continue
             items.append(ingest_dataset(ds, source=sop_uid, limits=limits))
         return items
+
+    def _destination(self, job: Job) -> str | None:
+        """Where this job's outputs go (no credentials): the skip rule compares it, so a study
+        analysed by an upload, or stored elsewhere, is still stored here."""
+        if job.kind == JobKind.SPOOL and self.destination_ae is not None:
+            ae = self.destination_ae
+            return f"dimse:{ae.ae_title}@{ae.host}:{ae.port}"
+        if self.destination is not None:
+            return f"dicomweb:{self.destination.url}"
+        return None
 
     def _deliver(self, job: Job, datasets: list) -> None:
         if job.kind == JobKind.SPOOL and self.destination_ae is not None:

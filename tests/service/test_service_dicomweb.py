@@ -135,3 +135,20 @@ def test_jobs_survive_a_restart_and_stat_goes_first(orthanc: Orthanc, phantom_st
     finally:
         worker.stop()
         service.stop()
+
+
+def test_an_uploaded_study_is_still_stored_to_the_pacs_when_submitted(orthanc: Orthanc, phantom_studies, tmp_path: Path) -> None:
+    """An upload's result is kept, but its outputs were stored nowhere: a later job for the
+    same study must analyse and store them rather than call it 'already analysed'."""
+    uid, paths = list(phantom_studies.items())[2]
+    service = start_service(tmp_path / "svc", **source_settings(orthanc))
+    try:
+        with service.client() as c:
+            files = [("files", (p.name, p.read_bytes(), "application/dicom")) for p in paths]
+            assert c.post("/v1/analyze", files=files).json()["delivered_to"] is None
+            job = service.wait_job(c.post("/v1/studies", json={"study_instance_uid": uid}).json()["job"]["id"])
+            assert job["state"] == "done" and job["note"] is None, job
+            assert c.get(f"/v1/studies/{uid}/result").json()["delivered_to"] == f"dicomweb:{orthanc.dicomweb}"
+        assert orthanc.output_series(uid)["SR"] == 1
+    finally:
+        service.stop()

@@ -62,5 +62,6 @@ async def analyze_upload(
 
     document = await run_in_threadpool(run)
     document["not_attributed"] = [{"file": r.source, "reason": r.reason} for r in unattributed]
+    document["delivered_to"] = None  # the outputs of an upload are not stored anywhere
     await run_in_threadpool(queue.store.put_result, document=document, job_id="upload")
     return document
