@@ -11,8 +11,10 @@ Duplicates are harmless because a job can be claimed by one worker only.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 from huey import PriorityRedisHuey, SqliteHuey
@@ -37,11 +39,18 @@ def make_store(settings: Settings) -> JobStore:
     return SqliteJobStore(settings.data_dir / "jobs.sqlite3")
 
 
-def make_huey(settings: Settings) -> Huey:
+def make_huey(settings: Settings, *, name: str | None = None) -> Huey:
+    """The queue engine; ``name`` (default ``CXR_QUEUE_NAME``) selects one queue within it."""
+    name = name or settings.queue_name
     if settings.queue_backend == "redis":
-        return PriorityRedisHuey(settings.queue_name, url=settings.redis_url, results=False)
+        return PriorityRedisHuey(name, url=settings.redis_url, results=False)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteHuey(settings.queue_name, filename=str(settings.data_dir / "queue.sqlite3"), results=False)
+    return SqliteHuey(name, filename=str(settings.data_dir / "queue.sqlite3"), results=False)
+
+
+def scp_queue_name(settings: Settings) -> str:
+    """The queue of one `cxr scp`: its spool is a local folder, so only its own worker runs its jobs."""
+    return f"{settings.queue_name}-scp-{socket.gethostname()}"
 
 
 class EmbeddedConsumer(Consumer):
@@ -56,16 +65,42 @@ class JobQueue:
     """Submit, retry and recover jobs. ``runner`` runs a job id in a worker; the API process
     registers the same task without a runner and only enqueues."""
 
-    def __init__(self, *, huey: Huey, store: JobStore, settings: Settings, runner: JobRunnerFn | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        huey: Huey,
+        store: JobStore,
+        settings: Settings,
+        runner: JobRunnerFn | None = None,
+        kinds: frozenset[JobKind] = frozenset({JobKind.DICOMWEB}),
+    ) -> None:
         self.huey = huey
         self.store = store
         self.settings = settings
+        self.kinds = kinds
         self._runner = runner
         self._task = huey.task(name=TASK_NAME)(self._run)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, runner: JobRunnerFn | None = None) -> JobQueue:
+        """The shared queue of DICOMweb jobs (API, `cxr worker`)."""
         return cls(huey=make_huey(settings), store=make_store(settings), settings=settings, runner=runner)
+
+    @classmethod
+    def for_scp(cls, settings: Settings) -> JobQueue:
+        """The queue of this machine's `cxr scp` (spool jobs), sharing the job store."""
+        return cls(
+            huey=make_huey(settings, name=scp_queue_name(settings)),
+            store=make_store(settings),
+            settings=settings,
+            kinds=frozenset({JobKind.SPOOL}),
+        )
+
+    def owns(self, job: Job) -> bool:
+        """Whether this queue runs ``job``: its kind, and for spool jobs a spool folder here."""
+        if job.kind not in self.kinds:
+            return False
+        return job.kind != JobKind.SPOOL or (job.spool is not None and Path(job.spool).is_dir())
 
     def set_runner(self, runner: JobRunnerFn) -> None:
         self._runner = runner
@@ -118,11 +153,15 @@ class JobQueue:
 
     def reap(self) -> list[Job]:
         """Requeue jobs whose worker died (lease expired) and queued jobs whose message is gone."""
-        requeued = self.store.requeue_expired()
+        requeued = self.store.requeue_expired(accept=self.owns)
         for job in requeued:
             self.enqueue(job)
         stale_before = time.time() - self.settings.lease_s
-        candidates = [j for j in self.store.jobs_in_states([JobState.QUEUED, JobState.RETRYING]) if j.updated_at < stale_before]
+        candidates = [
+            j
+            for j in self.store.jobs_in_states([JobState.QUEUED, JobState.RETRYING])
+            if j.updated_at < stale_before and self.owns(j)
+        ]
         if candidates:
             waiting = {t.args[0] for t in self.huey.pending() if t.args} | {t.args[0] for t in self.huey.scheduled() if t.args}
             for job in candidates:

@@ -242,10 +242,13 @@ class JobStore(ABC):
 
         return self.transition(job_id, change)
 
-    def requeue_expired(self) -> list[Job]:
-        """Running jobs whose lease expired (their worker died) go back to queued."""
+    def requeue_expired(self, *, accept: Callable[[Job], bool] = lambda job: True) -> list[Job]:
+        """Running jobs whose lease expired (their worker died) go back to queued; ``accept``
+        limits this to the jobs the caller's queue runs."""
         requeued = []
         for job in self.jobs_in_states([JobState.RUNNING]):
+            if not accept(job):
+                continue
 
             def change(current: Job) -> Job | None:
                 if current.state != JobState.RUNNING or (current.lease_until or 0.0) >= time.time():

@@ -1,6 +1,8 @@
 """``cxr scp``: a DICOM Storage SCP (C-STORE, C-ECHO) that analyses each received study.
 
-A study is closed after ``CXR_SCP_IDLE_S`` seconds without a new instance and queued as a job;
+A study is closed after ``CXR_SCP_IDLE_S`` seconds without a new instance and queued as a job
+on this SCP's own queue (its spool is a local folder, so its own worker runs it; the job
+store is shared, so the API shows the job);
 the outputs are C-STOREd to ``CXR_DESTINATION_AE_*`` (or STOW-RS to the destination DICOMweb
 server when no AE is configured). Studies left in the spool by a previous run are queued at
 start-up, so nothing received is lost across restarts.
@@ -30,7 +32,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Run the DICOM Storage SCP (settings: CXR_* environment variables or .env)")
     parser.add_argument("--port", type=int, default=None, help="port (default CXR_SCP_PORT, 11112)")
     parser.add_argument("--ae-title", default=None, help="AE title (default CXR_SCP_AE_TITLE, CXR)")
-    parser.add_argument("--no-worker", action="store_true", help="do not run the embedded worker (use `cxr worker`)")
     return parser
 
 
@@ -66,11 +67,10 @@ def main(args: argparse.Namespace) -> None:
         overrides["scp_port"] = args.port
     if args.ae_title is not None:
         overrides["scp_ae_title"] = args.ae_title
-    if args.no_worker:
-        overrides["embedded_worker"] = False
     settings = load_settings(**overrides)
-    queue = JobQueue.from_settings(settings)
-    worker = EmbeddedWorker(queue, LazyEngine(settings), settings) if settings.embedded_worker else None
+    # Spool jobs run here, on this SCP's own queue: the spool is a local folder.
+    queue = JobQueue.for_scp(settings)
+    worker = EmbeddedWorker(queue, LazyEngine(settings), settings)
     scp = StorageSCP(
         ae_title=settings.scp_ae_title,
         spool_dir=spool_dir(settings),
@@ -80,8 +80,7 @@ def main(args: argparse.Namespace) -> None:
     recovered = recover_spool(queue, spool_dir(settings))
     if recovered:
         logger.info("queued %d study(ies) left in the spool", recovered)
-    if worker is not None:
-        worker.start()
+    worker.start()
     port = scp.start(port=settings.scp_port)
     logger.info("cxr scp ready: AE %s, port %d", settings.scp_ae_title, port)
     stop = threading.Event()
@@ -90,6 +89,5 @@ def main(args: argparse.Namespace) -> None:
     stop.wait()
     logger.info("stopping")
     scp.stop()
-    if worker is not None:
-        worker.stop()
+    worker.stop()
     queue.close()

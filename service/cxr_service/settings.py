@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (redis:// or unix://) for the redis backend.")
     queue_name: str = Field("cxr", min_length=1, description="Queue name; workers and the API must agree on it.")
-    embedded_worker: bool = Field(True, description="`cxr serve` and `cxr scp` also run a worker in their own process.")
+    embedded_worker: bool = Field(
+        True, description="`cxr serve` also runs a worker in its own process (`cxr scp` always runs its own)."
+    )
     worker_threads: int = Field(1, ge=1, le=64, description="Jobs a worker runs at once.")
     job_retries: int = Field(4, ge=0, le=50, description="Retries of a job after a transient failure (PACS down...).")
     retry_delay_s: float = Field(5.0, gt=0, description="Delay before the first retry; doubled at each retry.")

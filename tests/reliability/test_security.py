@@ -44,7 +44,7 @@ def test_orthanc_rest_and_dicomweb_refuse_anonymous_and_logs_hold_no_secret(tmp_
 def test_dicom_values_cannot_escape_the_spool(phantom_studies, tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "scp"
-    env = cxr_env(data, scp_port=port, scp_idle_s=30, embedded_worker=False)
+    env = cxr_env(data, scp_port=port, scp_idle_s=30)
     proc = Proc("scp", [str(CXR), "scp"], tmp_path / "scp.log", env=env).start()
     try:
         wait_until(lambda: "cxr scp ready" in proc.output(), timeout=60, what="cxr scp")

@@ -81,3 +81,25 @@ def test_latency_histograms(store) -> None:
     hist = store.histograms()["lungs"]
     assert hist.count == 3 and hist.sum_ms == pytest.approx(735.0)
     assert hist.buckets[10] == 1 and hist.buckets[50] == 2 and hist.buckets[1000] == 3
+
+
+def test_spool_jobs_are_reaped_only_by_the_scp_that_holds_the_spool(tmp_path: Path) -> None:
+    from cxr_service.jobqueue import JobQueue
+    from cxr_service.settings import Settings
+
+    settings = Settings(environment="development", data_dir=tmp_path, lease_s=0.2)
+    main, scp = JobQueue.from_settings(settings), JobQueue.for_scp(settings)
+    spool = tmp_path / "spool" / "1.2.3"
+    spool.mkdir(parents=True)
+    local, _ = scp.submit(study_instance_uid="1.2.3", kind=JobKind.SPOOL, spool=str(spool))
+    elsewhere = Job.new(study_instance_uid="1.2.4", kind=JobKind.SPOOL, spool=str(tmp_path / "not-here"))
+    web, _ = main.submit(study_instance_uid="1.2.5", kind=JobKind.DICOMWEB)
+    assert scp.owns(local) and not scp.owns(elsewhere) and not scp.owns(web)
+    assert main.owns(web) and not main.owns(local)
+    for job in (local, web):
+        main.store.claim(job.id, worker="dead", lease_s=0.1)
+    time.sleep(0.3)
+    assert [j.id for j in main.reap()] == [web.id]
+    assert [j.id for j in scp.reap()] == [local.id]
+    main.close()
+    scp.close()
