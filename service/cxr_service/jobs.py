@@ -142,9 +142,6 @@ class JobStore(ABC):
 
     # --- primitives each backend provides -------------------------------------------------
     @abstractmethod
-    def insert(self, job: Job) -> Job: ...
-
-    @abstractmethod
     def insert_unless_active(self, job: Job) -> tuple[Job, bool]:
         """Atomically: the study's active job if it has one, else ``job`` inserted.
         Returns ``(job, created)``; simultaneous notifications of a study make one job."""
@@ -170,7 +167,8 @@ class JobStore(ABC):
     def get_result(self, study_instance_uid: str) -> StoredResult | None: ...
 
     @abstractmethod
-    def observe(self, stage: str, ms: float) -> None: ...
+    def observe(self, timings_ms: Mapping[str, float]) -> None:
+        """Add one finished job's stage latencies (stage → ms) to the histograms, in one write."""
 
     @abstractmethod
     def histograms(self) -> dict[str, LatencyHistogram]: ...
@@ -303,14 +301,6 @@ class SqliteJobStore(JobStore):
     def _tx(self) -> _SqliteTransaction:
         return _SqliteTransaction(self._connect())
 
-    def insert(self, job: Job) -> Job:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO jobs (id, study_uid, state, doc) VALUES (?, ?, ?, ?)",
-                (job.id, job.study_instance_uid, str(job.state), json.dumps(job.to_json())),
-            )
-        return job
-
     def insert_unless_active(self, job: Job) -> tuple[Job, bool]:
         names = [str(s) for s in ACTIVE_STATES]
         with self._tx() as db:
@@ -380,14 +370,16 @@ class SqliteJobStore(JobStore):
             return None
         return StoredResult(row[0], row[1], row[2], int(row[3]), json.loads(row[4]), float(row[5]))
 
-    def observe(self, stage: str, ms: float) -> None:
-        bounds = [str(b) for b in LATENCY_BUCKETS_MS if ms <= b]
+    def observe(self, timings_ms: Mapping[str, float]) -> None:
+        rows = [
+            (stage, bound, inc, inc)
+            for stage, ms in timings_ms.items()
+            for bound, inc in [*((str(b), 1.0) for b in LATENCY_BUCKETS_MS if ms <= b), ("count", 1.0), ("sum", float(ms))]
+        ]
         with self._tx() as db:
-            for bound, inc in [*((b, 1.0) for b in bounds), ("count", 1.0), ("sum", float(ms))]:
-                db.execute(
-                    "INSERT INTO latency VALUES (?, ?, ?) ON CONFLICT(stage, bound) DO UPDATE SET value = value + ?",
-                    (stage, bound, inc, inc),
-                )
+            db.executemany(
+                "INSERT INTO latency VALUES (?, ?, ?) ON CONFLICT(stage, bound) DO UPDATE SET value = value + ?", rows
+            )
 
     def histograms(self) -> dict[str, LatencyHistogram]:
         rows = self._connect().execute("SELECT stage, bound, value FROM latency").fetchall()
@@ -438,14 +430,6 @@ class RedisJobStore(JobStore):
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
-
-    def insert(self, job: Job) -> Job:
-        pipe = self.client.pipeline()
-        pipe.set(self._k("job", job.id), json.dumps(job.to_json()))
-        pipe.sadd(self._k("state", str(job.state)), job.id)
-        pipe.sadd(self._k("study", job.study_instance_uid), job.id)
-        pipe.execute()
-        return job
 
     def insert_unless_active(self, job: Job) -> tuple[Job, bool]:
         pointer = self._k("active", job.study_instance_uid)
@@ -546,15 +530,16 @@ class RedisJobStore(JobStore):
             float(row["updated_at"]),
         )
 
-    def observe(self, stage: str, ms: float) -> None:
-        key = self._k("latency", stage)
+    def observe(self, timings_ms: Mapping[str, float]) -> None:
         pipe = self.client.pipeline()
-        for bound in LATENCY_BUCKETS_MS:
-            if ms <= bound:
-                pipe.hincrby(key, str(bound), 1)
-        pipe.hincrby(key, "count", 1)
-        pipe.hincrbyfloat(key, "sum", float(ms))
-        pipe.sadd(self._k("latency-stages"), stage)
+        for stage, ms in timings_ms.items():
+            key = self._k("latency", stage)
+            for bound in LATENCY_BUCKETS_MS:
+                if ms <= bound:
+                    pipe.hincrby(key, str(bound), 1)
+            pipe.hincrby(key, "count", 1)
+            pipe.hincrbyfloat(key, "sum", float(ms))
+            pipe.sadd(self._k("latency-stages"), stage)
         pipe.execute()
 
     def histograms(self) -> dict[str, LatencyHistogram]:

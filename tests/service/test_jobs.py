@@ -77,7 +77,7 @@ def test_retrying_jobs_are_claimable_and_results_count_analyses(store) -> None:
 
 def test_latency_histograms(store) -> None:
     for ms in (5.0, 30.0, 700.0):
-        store.observe("lungs", ms)
+        store.observe({"lungs": ms})
     hist = store.histograms()["lungs"]
     assert hist.count == 3 and hist.sum_ms == pytest.approx(735.0)
     assert hist.buckets[10] == 1 and hist.buckets[50] == 2 and hist.buckets[1000] == 3
