@@ -59,22 +59,17 @@ def _skip_reason(view: str) -> str | None:
 
 
 def _image_result(image: IngestedImage, prediction: ImagePrediction, *, min_score: float) -> ImageResult:
+    identity = {
+        "sop_instance_uid": image.sop_instance_uid,
+        "series_instance_uid": image.series_instance_uid,
+        "sop_class_uid": image.sop_class_uid,
+        "view": prediction.view,
+        "view_probabilities": prediction.view_probabilities,
+    }
     if not prediction.analysed:
-        return ImageResult(
-            sop_instance_uid=image.sop_instance_uid,
-            series_instance_uid=image.series_instance_uid,
-            sop_class_uid=image.sop_class_uid,
-            view=prediction.view,
-            view_probabilities=prediction.view_probabilities,
-            analysed=False,
-            reason=_skip_reason(prediction.view) or f"view {prediction.view}",
-        )
+        return ImageResult(**identity, analysed=False, reason=_skip_reason(prediction.view) or f"view {prediction.view}")
     return ImageResult(
-        sop_instance_uid=image.sop_instance_uid,
-        series_instance_uid=image.series_instance_uid,
-        sop_class_uid=image.sop_class_uid,
-        view=prediction.view,
-        view_probabilities=prediction.view_probabilities,
+        **identity,
         analysed=True,
         lung_box=prediction.lung_box,
         crop_fallback=prediction.crop_fallback,
