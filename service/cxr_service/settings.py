@@ -109,10 +109,6 @@ class Settings(BaseSettings):
             )
         return self
 
-    @property
-    def destination_url(self) -> str | None:
-        return self.destination_dicomweb_url or self.source_dicomweb_url
-
 
 class SettingsError(ValueError):
     """Invalid configuration; the message names the variables and never echoes their values."""

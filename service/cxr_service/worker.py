@@ -57,12 +57,11 @@ def source_pacs(settings: Settings) -> DicomWebPacs | None:
     return DicomWebPacs(settings.source_dicomweb_url, auth=auth, timeout_s=settings.dicomweb_timeout_s)
 
 
-def destination_pacs(settings: Settings) -> DicomWebPacs | None:
-    url = settings.destination_url
-    if not url:
-        return None
-    if settings.destination_dicomweb_url is None:  # same server as the source: same credentials
-        return source_pacs(settings)
+def destination_pacs(settings: Settings, *, source: DicomWebPacs | None) -> DicomWebPacs | None:
+    """The STOW-RS destination: its own server when configured, else the source itself."""
+    url = settings.destination_dicomweb_url
+    if url is None:
+        return source
     auth = DicomWebAuth(
         username=settings.destination_username,
         password=_secret(settings.destination_password),
@@ -87,7 +86,7 @@ class JobRunner:
         self.engine = engine
         self.settings = settings
         self.source = source_pacs(settings)
-        self.destination = destination_pacs(settings)
+        self.destination = destination_pacs(settings, source=self.source)
         self.destination_ae = destination_ae(settings)
 
     def __call__(self, job_id: str) -> None:
@@ -110,8 +109,7 @@ class JobRunner:
                 return
         timings["total"] = (time.perf_counter() - start) * 1000.0
         self.store.finish(job.id, worker=me, state=JobState.DONE, note=note, model_version=version, timings_ms=timings)
-        for stage, ms in timings.items():
-            self.store.observe(stage, ms)
+        self.store.observe(timings)
         logger.info("job %s done in %.0f ms%s", job.id, timings["total"], f" ({note})" if note else "")
 
     def _failed(self, job: Job, me: str, exc: JobFailure) -> None:

@@ -6,6 +6,7 @@ import logging
 
 from fastapi import APIRouter, Request
 
+from cxr_service.api.deps import EngineDep
 from cxr_service.api.problems import Problem
 from cxr_service.api.schemas import Health
 
@@ -24,10 +25,7 @@ def healthz() -> Health:
     summary="Ready: models loaded and the queue reachable",
     responses={503: {"description": "not ready (problem+json says why)"}},
 )
-def readyz(request: Request) -> Health:
-    engine = getattr(request.app.state, "engine", None)
-    if engine is None:
-        raise Problem(503, "models are not loaded yet", headers={"Retry-After": "5"})
+def readyz(request: Request, engine: EngineDep) -> Health:
     try:
         request.app.state.queue.ping()
     except Exception as exc:
