@@ -1,3 +1,3 @@
 """The reliability suite reuses the service tests' PhantomCXR fixtures."""
 
-from tests.service.conftest import large_study, phantom_studies  # noqa: F401
+from tests.service.conftest import large_study, orthanc, phantom_studies  # noqa: F401

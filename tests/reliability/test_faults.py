@@ -26,22 +26,15 @@ from tests.service.procs import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory, phantom_studies) -> Orthanc:
-    server = start_orthanc(tmp_path_factory.mktemp("source"))
-    server.upload([p for paths in phantom_studies.values() for p in paths])
-    yield server
-    server.stop()
-
 
 def source_settings(orthanc: Orthanc) -> dict[str, object]:
     return orthanc.source_settings(lease_s=5, retry_delay_s=0.5, job_retries=8)
 
 
-def test_duplicate_and_out_of_order_notifications_analyse_once(source: Orthanc, phantom_studies, tmp_path: Path) -> None:
+def test_duplicate_and_out_of_order_notifications_analyse_once(orthanc: Orthanc, phantom_studies, tmp_path: Path) -> None:
     uid = list(phantom_studies)[0]
     data = tmp_path / "svc"
-    service = start_service(data, **source_settings(source))
+    service = start_service(data, **source_settings(orthanc))
     try:
         with service.client() as c, concurrent.futures.ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda _: c.post("/v1/studies", json={"study_instance_uid": uid}).json(), range(12)))
@@ -55,17 +48,17 @@ def test_duplicate_and_out_of_order_notifications_analyse_once(source: Orthanc, 
             assert all(j["state"] == "done" and "already analysed" in j["note"] for j in late)
         store = SqliteJobStore(data / "jobs.sqlite3")
         assert store.get_result(uid).analyses == 1
-        assert source.output_series(uid) == ONE_OF_EACH
+        assert orthanc.output_series(uid) == ONE_OF_EACH
     finally:
         service.stop()
 
 
-def test_destination_orthanc_down_while_storing_then_back(source: Orthanc, phantom_studies, tmp_path: Path) -> None:
+def test_destination_orthanc_down_while_storing_then_back(orthanc: Orthanc, phantom_studies, tmp_path: Path) -> None:
     uid = list(phantom_studies)[1]
     destination = start_orthanc(tmp_path / "destination")
     destination.stop()  # down before the worker stores its results
     data = tmp_path / "svc"
-    settings = {**source_settings(source), "destination_dicomweb_url": destination.dicomweb,
+    settings = {**source_settings(orthanc), "destination_dicomweb_url": destination.dicomweb,
                 "destination_username": ORTHANC_USER, "destination_password": ORTHANC_PASSWORD}  # fmt: skip
     service = start_service(data, **settings)
     try:
@@ -84,10 +77,10 @@ def test_destination_orthanc_down_while_storing_then_back(source: Orthanc, phant
         destination.stop()
 
 
-def test_redis_restart_loses_no_job(source: Orthanc, phantom_studies, tmp_path: Path) -> None:
+def test_redis_restart_loses_no_job(orthanc: Orthanc, phantom_studies, tmp_path: Path) -> None:
     uids = list(phantom_studies)[2:4]
     redis, url = start_redis(tmp_path / "redis")
-    settings = {**source_settings(source), "queue_backend": "redis", "redis_url": url}
+    settings = {**source_settings(orthanc), "queue_backend": "redis", "redis_url": url}
     service = start_service(tmp_path / "api", worker=False, **settings)
     worker = None
     try:
@@ -134,9 +127,9 @@ def fill(folder: Path) -> Path:
     return filler
 
 
-def test_queue_disk_full_gives_a_clear_error_and_recovers(source: Orthanc, phantom_studies, small_disk: Path) -> None:
+def test_queue_disk_full_gives_a_clear_error_and_recovers(orthanc: Orthanc, phantom_studies, small_disk: Path) -> None:
     uid = list(phantom_studies)[0]
-    service = start_service(small_disk / "svc", **source_settings(source))
+    service = start_service(small_disk / "svc", **source_settings(orthanc))
     try:
         filler = fill(small_disk)
         with service.client() as c:

@@ -36,3 +36,14 @@ def large_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[Pat
     studies = studies_in(root)
     uid = max(studies, key=lambda u: len(studies[u]))
     return uid, studies[uid]
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory, phantom_studies: dict[str, list[Path]]):
+    """A real Orthanc (one per test module) that already holds the small PhantomCXR studies."""
+    from tests.service.procs import start_orthanc
+
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    server.upload([p for paths in phantom_studies.values() for p in paths])
+    yield server
+    server.stop()

@@ -13,22 +13,11 @@ from tests.service.procs import (
     OUTPUT_MODALITIES,
     Orthanc,
     free_port,
-    start_orthanc,
     start_service,
     start_worker,
 )
 
 pytestmark = pytest.mark.slow
-
-
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory, phantom_studies: dict[str, list[Path]]) -> Orthanc:
-    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
-    server.upload([p for paths in phantom_studies.values() for p in paths])
-    yield server
-    server.stop()
 
 
 def source_settings(orthanc: Orthanc) -> dict[str, object]:

@@ -11,7 +11,6 @@ import pytest
 from tests.service.procs import (
     ONE_OF_EACH,
     Orthanc,
-    start_orthanc,
     start_redis,
     start_service,
     start_worker,
@@ -20,12 +19,12 @@ from tests.service.procs import (
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory, phantom_studies, large_study) -> Orthanc:
-    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
-    server.upload([p for paths in phantom_studies.values() for p in paths] + large_study[1])
-    yield server
-    server.stop()
+def orthanc(orthanc: Orthanc, large_study) -> Orthanc:
+    """The shared Orthanc, plus the study of large images."""
+    orthanc.upload(large_study[1])
+    return orthanc
 
 
 def settings_for(orthanc: Orthanc, redis_url: str) -> dict[str, object]:
