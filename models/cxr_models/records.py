@@ -71,6 +71,13 @@ class ImageRecord:
     ``boxes`` is None when the image carries no box annotation at all and ``()`` when it
     is annotated as having no opacity. ``lung_mask``/``opacity_mask`` list mask files whose
     union is the mask (Montgomery keeps left and right lungs apart).
+
+    Labels of real datasets that are not SIIM categories keep their own fields:
+    ``abnormal`` is True/False where the source says abnormal/normal ("No Finding") and None
+    where it says nothing; ``severity`` is the covid-severity geographic extent score (0-8,
+    mean of three raters). ``patient_id`` groups images of one person for patient-disjoint
+    splits (None: the study, else the image, stands for the patient). ``source`` names the
+    data source the record came from and ``weight`` is its sampling weight in training.
     """
 
     image_id: str
@@ -82,8 +89,15 @@ class ImageRecord:
     opacity_mask: tuple[Path, ...] | None = None
     opacity_percent: float | None = None
     study_label: str | None = None
+    patient_id: str | None = None
+    abnormal: bool | None = None
+    severity: float | None = None
+    source: str | None = None
+    weight: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.weight >= 0.0:
+            raise ValueError(f"weight must be >= 0, got {self.weight!r}")
         if self.view is not None and self.view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {self.view!r}")
         if self.study_label is not None and self.study_label not in STUDY_LABELS:

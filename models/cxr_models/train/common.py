@@ -29,7 +29,10 @@ BEST_NAME = "model_best.pt"
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments every trainer takes."""
-    parser.add_argument("--data", type=Path, required=True, help="dataset root (PhantomCXR or a supported layout)")
+    parser.add_argument(
+        "--data", action="append", required=True, metavar="PATH[,format=F][,weight=W]",
+        help="a dataset root (PhantomCXR or a supported layout); repeat to mix sources, each with its sampling weight",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder for checkpoints and logs")
     parser.add_argument("--format", default="auto", help="dataset layout: auto, siim, rsna, lungmasks, padchest")
     parser.add_argument("--epochs", type=int, default=None, help="number of epochs (trainer default when unset)")
@@ -37,7 +40,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (trainer default when unset)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps in total")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many training images")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of studies held out for validation")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.2,
+        help="fraction of patients held out for validation (a stable hash per patient, see cxr_models.train.data)",
+    )
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the patient hash that makes the split")
+    parser.add_argument(
+        "--init", type=Path, default=None,
+        help="start from these weights (a checkpoint or state dict of the same model), e.g. the PhantomCXR-trained ones",
+    )
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -88,8 +99,29 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, disa
     return iter(tqdm(iterable, desc=desc, total=total, disable=disable, dynamic_ncols=True, leave=False))
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "spec"):
+        return value.spec()
+    return value
+
+
 def args_to_dict(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    return {k: _plain(v) for k, v in vars(args).items()}
+
+
+def load_init(model: torch.nn.Module, path: Path) -> None:
+    """Initialise ``model`` from a checkpoint of a trainer or a bare (fp16 or fp32) state dict."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    reference = model.state_dict()
+    converted = {k: (v.to(reference[k].dtype) if k in reference else v) for k, v in state.items()}
+    model.load_state_dict(converted)
+    logger.info("initialised from %s", path)
 
 
 def save_checkpoint(

@@ -1,8 +1,15 @@
-"""Record selection helpers shared by the trainers: study split, training limit, pixel packing."""
+"""Record selection helpers shared by the trainers: patient-disjoint split, training limit, pixel packing.
+
+The split is a property of the data, not of a training run: a record is in the validation part
+when a hash of ``(split seed, source, patient)`` falls below the validation fraction. Every
+trainer, ``cxr evaluate`` and every threshold tuner therefore see the same validation images,
+whatever subset of the records each of them selects, and no patient is on both sides.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -12,9 +19,12 @@ from typing import Any
 import numpy as np
 
 from cxr_models.records import ImageRecord
-from cxr_models.train.common import split_by_study
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_VAL_FRACTION = 0.2
+DEFAULT_SPLIT_SEED = 0
+SPLITS: tuple[str, ...] = ("all", "train", "val")
 
 
 @dataclass(frozen=True)
@@ -29,26 +39,74 @@ class Split:
 
 
 def study_of(record: ImageRecord) -> str:
-    """The grouping key of a record: its study, or the image itself when the study is unknown."""
+    """The study of a record, or the image itself when the study is unknown."""
     return record.study_id if record.study_id is not None else record.image_id
 
 
+def patient_of(record: ImageRecord) -> str:
+    """The split group of a record: its source and patient (else study, else image)."""
+    person = record.patient_id if record.patient_id is not None else study_of(record)
+    return f"{record.source or ''}|{person}"
+
+
+def in_validation(record: ImageRecord, *, val_fraction: float, split_seed: int = DEFAULT_SPLIT_SEED) -> bool:
+    """Whether the record's patient is in the validation part (a stable hash, see the module doc)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    digest = hashlib.sha256(f"{split_seed}|{patient_of(record)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < val_fraction
+
+
+def select_split(
+    records: Sequence[ImageRecord], *, split: str, val_fraction: float, split_seed: int = DEFAULT_SPLIT_SEED
+) -> list[ImageRecord]:
+    """The records of one part: ``all``, ``train`` or ``val``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "all":
+        return list(records)
+    want = split == "val"
+    return [r for r in records if in_validation(r, val_fraction=val_fraction, split_seed=split_seed) == want]
+
+
 def split_records(
-    records: Sequence[ImageRecord], *, val_fraction: float, seed: int, limit: int | None = None
+    records: Sequence[ImageRecord],
+    *,
+    val_fraction: float,
+    seed: int,
+    limit: int | None = None,
+    split_seed: int = DEFAULT_SPLIT_SEED,
 ) -> Split:
-    """Held-out studies for validation; ``limit`` keeps a seeded random subset of the training images."""
+    """Patient-disjoint train/validation parts; ``limit`` keeps a ``seed``-ed random subset of the training images."""
     if not records:
         raise ValueError("records is empty: the dataset has no usable images for this model")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    train_ids, _ = split_by_study([study_of(r) for r in records], val_fraction=val_fraction, seed=seed)
-    train = [r for r in records if study_of(r) in train_ids]
-    val = [r for r in records if study_of(r) not in train_ids]
+    flags = [in_validation(r, val_fraction=val_fraction, split_seed=split_seed) for r in records]
+    train = [r for r, v in zip(records, flags, strict=True) if not v]
+    val = [r for r, v in zip(records, flags, strict=True) if v]
     if limit is not None and len(train) > limit:
         keep = set(random.Random(seed).sample(range(len(train)), limit))
         train = [r for i, r in enumerate(train) if i in keep]
     logger.info("split: %d training and %d validation images", len(train), len(val))
     return Split(train=train, val=val)
+
+
+def read_args_records(args: argparse.Namespace) -> list[ImageRecord]:
+    """Every record of the ``--data`` sources (``--format`` is the default layout)."""
+    from cxr_models.datasets.sources import as_sources, read_sources
+
+    return read_sources(as_sources(args.data, default_format=args.format))
+
+
+def sample_weights(records: Sequence[ImageRecord]) -> np.ndarray | None:
+    """Per-record sampling weights, or None when they are all equal (plain shuffling)."""
+    weights = np.array([r.weight for r in records], dtype=np.float64)
+    if weights.size == 0 or np.all(weights == weights[0]):
+        return None
+    if not weights.sum() > 0:
+        raise ValueError("every training record has weight 0")
+    return weights
 
 
 def record_ids(records: Sequence[ImageRecord]) -> list[str]:
@@ -77,12 +135,11 @@ def load_split_arrays(
 ) -> tuple[Split, dict[str, np.ndarray]]:
     """The trainers' common start: read ``args.data``, keep what ``select`` wants, split by study,
     and preprocess the split's records with ``build`` into the cache under ``args.out / "cache"``."""
-    from cxr_models.datasets import read_dataset
     from cxr_models.train.cache import cached_arrays
 
     split = split_records(
-        select(read_dataset(args.data, format=args.format)),
-        val_fraction=args.val_fraction, seed=args.seed, limit=args.limit,
+        select(read_args_records(args)),
+        val_fraction=args.val_fraction, seed=args.seed, limit=args.limit, split_seed=args.split_seed,
     )
     arrays = cached_arrays(
         args.out / "cache", name=name, version=version, params=params,

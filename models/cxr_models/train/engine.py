@@ -33,6 +33,7 @@ from cxr_models.train.common import (
     configure_threads,
     grad_scaler,
     load_checkpoint,
+    load_init,
     progress,
     resolve_device,
     save_checkpoint,
@@ -79,6 +80,11 @@ class Task(Protocol):
     def validate(self, model: torch.nn.Module, *, device: torch.device) -> dict[str, float]: ...
 
 
+def task_weights(task: Task) -> np.ndarray | None:
+    """The task's per-item sampling weights (attribute ``sample_weights``), None for plain shuffling."""
+    return getattr(task, "sample_weights", None)
+
+
 def resolve_hyperparameters(args: argparse.Namespace, defaults: Defaults) -> tuple[int, int, float]:
     """(epochs, batch_size, lr) from the arguments, falling back to the trainer defaults."""
     epochs = args.epochs if args.epochs is not None else defaults.epochs
@@ -93,9 +99,21 @@ def resolve_hyperparameters(args: argparse.Namespace, defaults: Defaults) -> tup
     return epochs, batch_size, lr
 
 
-def epoch_batches(n: int, *, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
-    """A shuffled partition of ``range(n)`` into batches; a trailing batch of one joins the previous."""
-    order = torch.randperm(n, generator=generator).numpy()
+def epoch_batches(
+    n: int, *, batch_size: int, generator: torch.Generator, weights: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """A shuffled partition of ``range(n)`` into batches; a trailing batch of one joins the previous.
+
+    With ``weights`` (one per index) an epoch is ``n`` draws with replacement in proportion to
+    them, so a source of weight 2 is seen twice as often as one of weight 1.
+    """
+    if weights is None:
+        order = torch.randperm(n, generator=generator).numpy()
+    else:
+        if len(weights) != n:
+            raise ValueError(f"weights has {len(weights)} entries for {n} training items")
+        probabilities = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+        order = torch.multinomial(probabilities, n, replacement=True, generator=generator).numpy()
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if len(batches) > 1 and len(batches[-1]) < 2:
         last = batches.pop()
@@ -128,6 +146,8 @@ def fit(
     steps_per_epoch = len(epoch_batches(task.train_size, batch_size=batch_size, generator=torch.Generator()))
     total_steps = epochs * steps_per_epoch
 
+    if args.init is not None and args.resume is None:
+        load_init(model, args.init)
     # channels-last convolutions are about a third faster on the CPU (oneDNN) and fine on CUDA.
     model.to(device=device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=defaults.weight_decay)
@@ -152,7 +172,7 @@ def fit(
         torch.manual_seed(args.seed * 1_000_033 + epoch)
         model.train()
         losses: list[float] = []
-        batches = epoch_batches(task.train_size, batch_size=batch_size, generator=generator)
+        batches = epoch_batches(task.train_size, batch_size=batch_size, generator=generator, weights=task_weights(task))
         for indices in progress(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=args.no_progress):
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):

@@ -39,7 +39,7 @@ from cxr_models.records import STUDY_LABELS, ImageRecord
 from cxr_models.train.augment import AffineJitter, IntensityJitter, jitter_intensity, random_affine, warp
 from cxr_models.train.cache import cached_arrays
 from cxr_models.train.common import add_common_args, resolve_device
-from cxr_models.train.data import from_uint8, record_ids, split_records, study_of, to_uint8
+from cxr_models.train.data import from_uint8, read_args_records, record_ids, split_records, study_of, to_uint8
 from cxr_models.train.engine import Defaults, configure_logging, fit, setup_run
 
 logger = logging.getLogger(__name__)
@@ -202,8 +202,8 @@ def main(args: argparse.Namespace) -> None:
     configure_logging()
     device = setup_run(args)
     split = split_records(
-        select_records(read_dataset(args.data, format=args.format)),
-        val_fraction=args.val_fraction, seed=args.seed, limit=args.limit,
+        select_records(read_args_records(args)),
+        val_fraction=args.val_fraction, seed=args.seed, limit=args.limit, split_seed=args.split_seed,
     )
     ground_truth = [n for n, w in (("lung masks", args.lungs_weights), ("opacity", args.opacity_weights)) if w is None]
     if ground_truth:

@@ -25,7 +25,7 @@ from cxr_models.nets.view import INPUT_SIZE, build_view
 from cxr_models.records import VIEWS, ImageRecord
 from cxr_models.train.augment import AffineJitter, IntensityJitter, jitter_intensity, random_affine, warp
 from cxr_models.train.common import add_common_args
-from cxr_models.train.data import from_uint8, load_split_arrays, to_uint8
+from cxr_models.train.data import from_uint8, load_split_arrays, sample_weights, to_uint8
 from cxr_models.train.engine import Defaults, configure_logging, fit, setup_run
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ def main(args: argparse.Namespace) -> None:
     counts = {view: int((labels == k).sum()) for k, view in enumerate(VIEWS)}
     logger.info("view classes: %s", counts)
     task = ViewTask(images=arrays["image"], labels=labels, n_train=len(split.train))
+    task.sample_weights = sample_weights(split.train)
     result = fit(args, task=task, model=build_view(), defaults=DEFAULTS, device=device)
     print(json.dumps(asdict(result)))
 
