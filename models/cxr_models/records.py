@@ -77,7 +77,8 @@ class ImageRecord:
     where it says nothing; ``severity`` is the covid-severity geographic extent score (0-8,
     mean of three raters). ``patient_id`` groups images of one person for patient-disjoint
     splits (None: the study, else the image, stands for the patient). ``source`` names the
-    data source the record came from and ``weight`` is its sampling weight in training.
+    data source the record came from and ``weight`` is its sampling weight in training;
+    ``licence`` is the image's licence where the source gives one per image.
     """
 
     image_id: str
@@ -94,6 +95,7 @@ class ImageRecord:
     severity: float | None = None
     source: str | None = None
     weight: float = 1.0
+    licence: str | None = None
 
     def __post_init__(self) -> None:
         if not self.weight >= 0.0:
