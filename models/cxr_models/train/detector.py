@@ -81,9 +81,11 @@ from cxr_models.train.common import (
     progress,
     resolve_device,
     save_checkpoint,
+    load_init,
     set_seed,
-    split_by_study,
 )
+from cxr_models.train.data import read_args_records, sample_weights, split_records
+from cxr_models.train.lung_source import LungMaskSource
 
 logger = logging.getLogger(__name__)
 
@@ -187,29 +189,34 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
-def preprocess_record(record: ImageRecord) -> dict[str, np.ndarray]:
-    """Crop decision from the ground-truth lung mask; context crop and whole image with their opacity masks.
+class DetectorPreprocess:
+    """Crop decision from the lung mask (the record's, else predicted); context crop and whole image with their opacity masks.
 
     ``geometry`` packs height, width, the crop box, the context box, the fallback flag and
-    whether an opacity mask exists.
+    whether an opacity mask exists. Picklable, for cache worker processes.
     """
-    image = load_image(record)
-    shape = (int(image.shape[0]), int(image.shape[1]))
-    decision = decide_crop(load_lung_mask(record, shape=shape), shape=shape)
-    context = expand_box(decision.box, margin=CONTEXT_MARGIN, height=shape[0], width=shape[1])
-    opacity = load_opacity_mask(record, shape=shape)
-    geometry = np.array(
-        [*shape, *decision.box.as_list(), *context.as_list(), float(decision.fallback), float(opacity is not None)],
-        dtype=np.float64,
-    )
-    opacity_map = np.zeros(shape, dtype=np.float32) if opacity is None else opacity.astype(np.float32)
-    return {
-        "context": _to_uint8(crop_and_resize(image, context, size=CONTEXT_SIZE)),
-        "whole": _to_uint8(resize(image, height=INPUT_SIZE, width=INPUT_SIZE)),
-        "opacity_context": _to_uint8(crop_and_resize(opacity_map, context, size=CONTEXT_SIZE)),
-        "opacity_whole": _to_uint8(resize(opacity_map, height=INPUT_SIZE, width=INPUT_SIZE)),
-        "geometry": geometry,
-    }
+
+    def __init__(self, lungs: LungMaskSource) -> None:
+        self.lungs = lungs
+
+    def __call__(self, record: ImageRecord) -> dict[str, np.ndarray]:
+        image = load_image(record)
+        shape = (int(image.shape[0]), int(image.shape[1]))
+        decision = decide_crop(self.lungs.mask(record, image), shape=shape)
+        context = expand_box(decision.box, margin=CONTEXT_MARGIN, height=shape[0], width=shape[1])
+        opacity = load_opacity_mask(record, shape=shape)
+        geometry = np.array(
+            [*shape, *decision.box.as_list(), *context.as_list(), float(decision.fallback), float(opacity is not None)],
+            dtype=np.float64,
+        )
+        opacity_map = np.zeros(shape, dtype=np.float32) if opacity is None else opacity.astype(np.float32)
+        return {
+            "context": _to_uint8(crop_and_resize(image, context, size=CONTEXT_SIZE)),
+            "whole": _to_uint8(resize(image, height=INPUT_SIZE, width=INPUT_SIZE)),
+            "opacity_context": _to_uint8(crop_and_resize(opacity_map, context, size=CONTEXT_SIZE)),
+            "opacity_whole": _to_uint8(resize(opacity_map, height=INPUT_SIZE, width=INPUT_SIZE)),
+            "geometry": geometry,
+        }
 
 
 def _empty_cache() -> ImageCache:
@@ -219,23 +226,35 @@ def _empty_cache() -> ImageCache:
 
 
 def build_cache(
-    records: Sequence[ImageRecord], *, root: Path, workers: int = 0, disable_progress: bool = False
+    records: Sequence[ImageRecord],
+    *,
+    root: Path,
+    workers: int = 0,
+    disable_progress: bool = False,
+    lungs: LungMaskSource | None = None,
 ) -> ImageCache:
-    """Preprocess ``records`` into ``root`` (see :mod:`cxr_models.train.cache`) or reuse what is there."""
+    """Preprocess ``records`` into ``root`` (see :mod:`cxr_models.train.cache`) or reuse what is there.
+
+    ``lungs`` supplies lung masks for records without one (default: ground truth only).
+    """
     if not records:
         return _empty_cache()
+    lungs = lungs or LungMaskSource(weights=None)
+    params: dict[str, Any] = {"context_size": CONTEXT_SIZE, "input_size": INPUT_SIZE, "context_margin": CONTEXT_MARGIN}
+    if lungs.digest is not None:
+        params["lungs_weights"] = lungs.digest
     arrays = cached_arrays(
         root,
         name="detector",
         version=PREPROCESS_VERSION,
-        params={"context_size": CONTEXT_SIZE, "input_size": INPUT_SIZE, "context_margin": CONTEXT_MARGIN},
+        params=params,
         items=list(records),
         ids=[
             f"{r.image_id}:{r.path}:{','.join(str(p) for p in r.lung_mask or ())}:"
             f"{','.join(str(p) for p in r.opacity_mask or ())}"
             for r in records
         ],
-        build=preprocess_record,
+        build=DetectorPreprocess(lungs),
         workers=workers,
         disable_progress=disable_progress,
     )
@@ -523,6 +542,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="weight of the training-only dense opacity loss on the FPN (opacity masks, else boxes); 0 disables",
     )
+    parser.add_argument(
+        "--lungs-weights", type=Path, default=None,
+        help="lung model weights that predict the crop of images without a lung mask (else they use the whole image)",
+    )
     parser.add_argument("--pseudo-data", type=Path, default=None, help="dataset whose unannotated frontal images get pseudo-labels")
     parser.add_argument("--teacher", type=Path, default=None, help="detector checkpoint that makes the pseudo-labels")
     parser.add_argument("--pseudo-threshold", type=float, default=0.5, help="teacher score a pseudo-label box needs")
@@ -551,17 +574,14 @@ class RecordSplit:
 
 
 def select_records(args: argparse.Namespace, *, device: torch.device) -> RecordSplit:
-    """Annotated frontal images split by study, plus the pseudo-labelled images when asked."""
-    records = labelled_frontal(read_dataset(args.data, format=args.format))
+    """Annotated frontal images of every ``--data`` source in the shared patient split, plus the pseudo-labelled images when asked."""
+    records = labelled_frontal(read_args_records(args))
     if not records:
         raise ValueError(f"--data {args.data} has no frontal images with box annotations")
-    train_ids, val_ids = split_by_study(
-        [r.study_id or r.image_id for r in records], val_fraction=args.val_fraction, seed=args.seed
+    split = split_records(
+        records, val_fraction=args.val_fraction, seed=args.seed, limit=args.limit, split_seed=args.split_seed
     )
-    train = [r for r in records if (r.study_id or r.image_id) in train_ids]
-    val = [r for r in records if (r.study_id or r.image_id) in val_ids]
-    if args.limit is not None:
-        train = train[: args.limit]
+    train, val = list(split.train), list(split.val)
     n_pseudo = 0
     if args.pseudo_data is not None:
         unlabelled = [r for r in read_dataset(args.pseudo_data, format="auto") if is_frontal(r) and r.boxes is None]
@@ -662,15 +682,24 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     split = select_records(args, device=device)
     cache_root = args.cache_dir or out / "cache"
-    train_cache = build_cache(split.train, root=cache_root, workers=args.workers, disable_progress=args.no_progress)
-    val_cache = build_cache(split.val, root=cache_root, workers=args.workers, disable_progress=args.no_progress)
+    lungs = LungMaskSource(weights=args.lungs_weights, device=str(device))
+    train_cache = build_cache(
+        split.train, root=cache_root, workers=args.workers, disable_progress=args.no_progress, lungs=lungs
+    )
+    val_cache = build_cache(split.val, root=cache_root, workers=args.workers, disable_progress=args.no_progress, lungs=lungs)
     aug = Augment(jitter=args.jitter, whole_fraction=args.whole_image_fraction)
     dataset = DetectionTrainSet(
         train_cache, [r.boxes or () for r in split.train], aug=aug, no_crop=args.no_crop, seed=args.seed
     )
     val_truth = [r.boxes or () for r in split.val]
+    weights = sample_weights(split.train[: len(split.train) - split.n_pseudo])
+    if weights is not None and split.n_pseudo:
+        weights = np.concatenate([weights, np.ones(split.n_pseudo)])
 
-    model = build_detector(args.arch).to(device)
+    model = build_detector(args.arch)
+    if args.init is not None and args.resume is None:
+        load_init(model, args.init)
+    model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     aux = AuxiliaryOpacity(model, weight=args.aux_weight, device=device) if args.aux_weight > 0 else None
     if aux is not None:
@@ -696,11 +725,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             break
         started = time.perf_counter()
         dataset.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        sampler = None
+        if weights is not None:
+            sampler = torch.utils.data.WeightedRandomSampler(
+                torch.as_tensor(weights), num_samples=len(dataset), replacement=True, generator=generator
+            )
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(args.seed * 1000 + epoch),
+            shuffle=sampler is None,
+            sampler=sampler,
+            generator=generator,
             num_workers=args.workers,
             collate_fn=collate,
             drop_last=len(dataset) > batch_size,

@@ -15,17 +15,19 @@ import argparse
 import json
 import logging
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from cxr_models.datasets import load_image, load_lung_mask, load_opacity_mask
+from cxr_models.datasets import load_image, load_opacity_mask
 from cxr_models.inference.crop import crop_and_resize, decide_crop, expand_box
 from cxr_models.nets.opacity import INPUT_SIZE, build_opacity
-from cxr_models.records import ImageRecord
+from cxr_models.records import Box, ImageRecord
 from cxr_models.train.augment import IntensityJitter, box_affine, jitter_intensity, warp
 from cxr_models.train.common import add_common_args
-from cxr_models.train.data import from_uint8, load_split_arrays, to_uint8
+from cxr_models.train.data import from_uint8, load_split_arrays, sample_weights, to_uint8
+from cxr_models.train.lung_source import LungMaskSource
 from cxr_models.train.engine import Defaults, configure_logging, fit, setup_run
 from cxr_models.train.segmentation_common import SegmentationBatch, SegmentationTask
 
@@ -41,27 +43,57 @@ FLIP_PROBABILITY = 0.5
 INTENSITY = IntensityJitter(brightness=0.05, contrast=(0.85, 1.2), gamma=(0.8, 1.25), noise=0.01)
 
 
-def select_records(records: list[ImageRecord]) -> list[ImageRecord]:
-    """Frontal images with both a lung mask and an opacity mask."""
-    return [r for r in records if r.view == "frontal" and r.lung_mask and r.opacity_mask]
+def has_opacity_target(record: ImageRecord) -> bool:
+    """An opacity mask, or boxes (``()`` for a known negative) to draw one from."""
+    return bool(record.opacity_mask) or record.boxes is not None
 
 
-def preprocess(record: ImageRecord) -> dict[str, np.ndarray]:
-    image = load_image(record)
-    lungs = load_lung_mask(record, shape=image.shape)
-    opacity = load_opacity_mask(record, shape=image.shape)
-    if lungs is None or opacity is None:
-        raise ValueError(f"record {record.image_id!r} needs both a lung mask and an opacity mask")
-    height, width = image.shape
-    crop = decide_crop(lungs, shape=image.shape).box
-    region = expand_box(crop, margin=CONTEXT, height=height, width=width)
-    channels = [image, lungs.astype(np.float32), opacity.astype(np.float32)]
-    stack = np.stack([crop_and_resize(c, region, size=REGION_SIZE) for c in channels])
-    return {
-        "region_pixels": to_uint8(stack),
-        "crop": np.array(crop.as_list(), dtype=np.float32),
-        "region": np.array(region.as_list(), dtype=np.float32),
-    }
+def select_records(records: list[ImageRecord], *, lungs: LungMaskSource | None = None) -> list[ImageRecord]:
+    """Frontal images with an opacity target and a lung mask (their own, or predicted by ``lungs``)."""
+    lungs = lungs or LungMaskSource(weights=None)
+    return [r for r in records if r.view == "frontal" and has_opacity_target(r) and lungs.available(r)]
+
+
+def box_mask(boxes: tuple[Box, ...], *, shape: tuple[int, int]) -> np.ndarray:
+    """Filled boxes as a bool mask of ``shape`` (the weak target of images with boxes but no mask)."""
+    mask = np.zeros(shape, dtype=bool)
+    for box in boxes:
+        mask[int(np.floor(box.y0)) : int(np.ceil(box.y1)), int(np.floor(box.x0)) : int(np.ceil(box.x1))] = True
+    return mask
+
+
+def opacity_target(record: ImageRecord, *, lungs: np.ndarray) -> np.ndarray:
+    """The opacity mask, else the record's boxes filled and clipped to the lungs (empty for a known negative)."""
+    mask = load_opacity_mask(record, shape=lungs.shape)
+    if mask is not None:
+        return mask
+    if record.boxes is None:
+        raise ValueError(f"record {record.image_id!r} has neither an opacity mask nor boxes")
+    return box_mask(record.boxes, shape=lungs.shape) & lungs
+
+
+class OpacityPreprocess:
+    """The cached context region (image, lungs, opacity target) around the lung crop; picklable."""
+
+    def __init__(self, lungs: LungMaskSource) -> None:
+        self.lungs = lungs
+
+    def __call__(self, record: ImageRecord) -> dict[str, np.ndarray]:
+        image = load_image(record)
+        lungs = self.lungs.mask(record, image)
+        if lungs is None:
+            raise ValueError(f"record {record.image_id!r} has no lung mask; pass --lungs-weights")
+        opacity = opacity_target(record, lungs=lungs)
+        height, width = image.shape
+        crop = decide_crop(lungs, shape=image.shape).box
+        region = expand_box(crop, margin=CONTEXT, height=height, width=width)
+        channels = [image, lungs.astype(np.float32), opacity.astype(np.float32)]
+        stack = np.stack([crop_and_resize(c, region, size=REGION_SIZE) for c in channels])
+        return {
+            "region_pixels": to_uint8(stack),
+            "crop": np.array(crop.as_list(), dtype=np.float32),
+            "region": np.array(region.as_list(), dtype=np.float32),
+        }
 
 
 def jitter_boxes(crops: torch.Tensor, *, regions: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -101,19 +133,27 @@ class OpacityTask(SegmentationTask):
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train the opacity segmentation U-Net on lung crops.")
-    return add_common_args(parser)
+    add_common_args(parser)
+    parser.add_argument(
+        "--lungs-weights", type=Path, default=None,
+        help="lung model weights that predict the lungs of images without a lung mask (real datasets with boxes)",
+    )
+    return parser
 
 
 def main(args: argparse.Namespace) -> None:
     configure_logging()
     device = setup_run(args)
+    lungs = LungMaskSource(weights=args.lungs_weights, device=str(device))
     split, arrays = load_split_arrays(
-        args, name="opacity", version=PREPROCESS_VERSION, params={"size": REGION_SIZE, "context": CONTEXT},
-        select=select_records, build=preprocess,
+        args, name="opacity", version=PREPROCESS_VERSION,
+        params={"size": REGION_SIZE, "context": CONTEXT, "lungs_weights": lungs.digest},
+        select=lambda records: select_records(records, lungs=lungs), build=OpacityPreprocess(lungs),
     )
     task = OpacityTask(
         pixels=arrays["region_pixels"], crops=arrays["crop"], regions=arrays["region"], n_train=len(split.train)
     )
+    task.sample_weights = sample_weights(split.train)
     result = fit(args, task=task, model=build_opacity(), defaults=DEFAULTS, device=device)
     print(json.dumps(asdict(result)))
 

@@ -16,7 +16,6 @@ model that has never seen imperfect upstream inputs. The inputs are computed onc
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -27,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxr_models.datasets import load_image, load_lung_mask, load_opacity_mask, read_dataset
-from cxr_models.evaluation.metrics import macro_auc_ovr
+from cxr_models.datasets import load_image, load_lung_mask, load_opacity_mask
+from cxr_models.evaluation.metrics import macro_auc_ovr, roc_auc
 from cxr_models.inference.crop import decide_crop
 from cxr_models.inference.lungs import LungSegmenter
 from cxr_models.inference.opacity import OpacitySegmenter
@@ -41,6 +40,7 @@ from cxr_models.train.cache import cached_arrays
 from cxr_models.train.common import add_common_args, resolve_device
 from cxr_models.train.data import from_uint8, read_args_records, record_ids, split_records, study_of, to_uint8
 from cxr_models.train.engine import Defaults, configure_logging, fit, setup_run
+from cxr_models.train.lung_source import file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +51,42 @@ INTENSITY = IntensityJitter()
 LABEL_SMOOTHING = 0.05
 
 
+# Study label codes beyond the STUDY_LABELS indices: a real "abnormal" label (not negative, class unknown).
+NOT_NEGATIVE = -1
+
+
 def select_records(records: list[ImageRecord]) -> list[ImageRecord]:
-    """Frontal images of studies with a study label."""
-    return [r for r in records if r.view == "frontal" and r.study_label is not None]
+    """Frontal images of studies with a study label, or with a real normal/abnormal label."""
+    return [r for r in records if r.view == "frontal" and (r.study_label is not None or r.abnormal is not None)]
 
 
-def file_digest(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def label_code(record: ImageRecord) -> int:
+    """The training target of a record: a STUDY_LABELS index, or NOT_NEGATIVE.
+
+    Real labels are never relabelled as SIIM categories: "No Finding" is negative for pneumonia
+    (index 0), and an abnormal image says only that the study is not negative.
+    """
+    if record.study_label is not None:
+        return STUDY_LABELS.index(record.study_label)
+    if record.abnormal is None:
+        raise ValueError(f"record {record.image_id!r} has neither a study label nor a normal/abnormal label")
+    return NOT_NEGATIVE if record.abnormal else STUDY_LABELS.index("negative")
+
+
+def partial_label_loss(logits: torch.Tensor, codes: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy on known classes; ``-log(1 - P(negative))`` for NOT_NEGATIVE targets, averaged over the batch."""
+    known = codes >= 0
+    total = logits.new_zeros(())
+    if known.any():
+        total = total + F.cross_entropy(
+            logits[known], codes[known], label_smoothing=label_smoothing, reduction="sum"
+        )
+    if (~known).any():
+        rows = logits[~known]
+        negative = STUDY_LABELS.index("negative")
+        others = torch.cat([rows[:, :negative], rows[:, negative + 1 :]], dim=1)
+        total = total + (torch.logsumexp(rows, dim=1) - torch.logsumexp(others, dim=1)).sum()
+    return total / max(len(codes), 1)
 
 
 class StudyInputBuilder:
@@ -118,18 +145,26 @@ class StudyInputBuilder:
 def group_studies(records: list[ImageRecord]) -> tuple[list[list[int]], np.ndarray]:
     """Row indices of each study's images (studies in first-seen order) and the study labels."""
     rows: dict[str, list[int]] = defaultdict(list)
-    labels: dict[str, str] = {}
+    labels: dict[str, int] = {}
+    negative = STUDY_LABELS.index("negative")
     for index, record in enumerate(records):
-        key = study_of(record)
+        key = f"{record.source or ''}|{study_of(record)}"
         rows[key].append(index)
-        if labels.setdefault(key, record.study_label) != record.study_label:
-            raise ValueError(f"study {key!r} has conflicting labels {labels[key]!r} and {record.study_label!r}")
+        code = label_code(record)
+        previous = labels.setdefault(key, code)
+        if previous == code:
+            continue
+        if record.study_label is None and {previous, code} == {negative, NOT_NEGATIVE}:
+            labels[key] = NOT_NEGATIVE  # a real study is abnormal when any of its images is
+            continue
+        raise ValueError(f"study {key!r} has conflicting labels {previous!r} and {code!r}")
     order = list(rows)
-    return [rows[k] for k in order], np.array([STUDY_LABELS.index(labels[k]) for k in order], dtype=np.int64)
+    return [rows[k] for k in order], np.array([labels[k] for k in order], dtype=np.int64)
 
 
 class StudyTask:
-    metric = "macro_auc"
+    # mean of the 4-class macro AUC (where SIIM-style labels exist) and the normal/abnormal AUC
+    metric = "selection"
     higher_is_better = True
 
     def __init__(
@@ -160,7 +195,7 @@ class StudyTask:
         x = torch.cat([jitter_intensity(x[:, :1], jitter=INTENSITY, generator=generator), x[:, 1:]], dim=1)
         logits = model(network_input(x), study_index, len(indices)).float()
         target = torch.from_numpy(self.labels[indices]).to(device)
-        return F.cross_entropy(logits, target, label_smoothing=LABEL_SMOOTHING)
+        return partial_label_loss(logits, target, label_smoothing=LABEL_SMOOTHING)
 
     def validate(self, model: torch.nn.Module, *, device: torch.device) -> dict[str, float]:
         val = np.arange(self.n_train, len(self.studies))
@@ -173,14 +208,24 @@ class StudyTask:
                 x, study_index = self._batch(chunk, device=device)
                 logits = model(network_input(x), study_index, len(chunk)).float()
                 target = torch.from_numpy(self.labels[chunk]).to(device)
-                total_loss += float(F.cross_entropy(logits, target, reduction="sum"))
+                total_loss += float(partial_label_loss(logits, target)) * len(chunk)
                 probabilities.append(torch.softmax(logits, dim=1).cpu().numpy())
         probs = np.concatenate(probabilities)
         truth = self.labels[val]
-        metrics = {"loss": total_loss / val.size, "accuracy": float((probs.argmax(1) == truth).mean())}
-        auc = macro_auc_ovr(probs, [STUDY_LABELS[k] for k in truth], STUDY_LABELS)
+        known = truth >= 0
+        metrics: dict[str, float] = {"loss": total_loss / val.size}
+        if known.any():
+            metrics["accuracy"] = float((probs[known].argmax(1) == truth[known]).mean())
+        auc = macro_auc_ovr(probs[known], [STUDY_LABELS[k] for k in truth[known]], STUDY_LABELS) if known.any() else None
         if auc is not None:
             metrics["macro_auc"] = auc
+        negative = STUDY_LABELS.index("negative")
+        abnormal_auc = roc_auc((1.0 - probs[:, negative]).tolist(), (truth != negative).tolist())
+        if abnormal_auc is not None:
+            metrics["normal_abnormal_auc"] = abnormal_auc
+        parts = [metrics[k] for k in ("macro_auc", "normal_abnormal_auc") if k in metrics]
+        if parts:
+            metrics["selection"] = float(np.mean(parts))
         return metrics
 
 
@@ -231,9 +276,12 @@ def main(args: argparse.Namespace) -> None:
     studies = train_studies + [[row + offset for row in rows] for rows in val_studies]
     labels = np.concatenate([train_labels, val_labels])
     logger.info(
-        "study classes (train): %s", {c: int((train_labels == k).sum()) for k, c in enumerate(STUDY_LABELS)}
+        "study classes (train): %s, not negative (real abnormal): %d",
+        {c: int((train_labels == k).sum()) for k, c in enumerate(STUDY_LABELS)}, int((train_labels == NOT_NEGATIVE).sum()),
     )
     task = StudyTask(channels=arrays["channels"], studies=studies, labels=labels, n_train=len(train_studies))
+    weights = [split.train[rows[0]].weight for rows in train_studies]
+    task.sample_weights = None if len(set(weights)) <= 1 else np.array(weights, dtype=np.float64)
     extra = {"lungs_weights": file_digest(args.lungs_weights), "opacity_weights": file_digest(args.opacity_weights)}
     result = fit(args, task=task, model=build_study(), defaults=DEFAULTS, device=device, extra=extra)
     print(json.dumps(asdict(result)))
