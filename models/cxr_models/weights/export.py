@@ -22,7 +22,11 @@ from cxr_models.weights import MANIFEST_NAME, MODEL_NAMES, default_weights_dir, 
 
 logger = logging.getLogger(__name__)
 
-DEMO_NOTICE = "Demo weights trained on synthetic PhantomCXR radiographs only. Not for clinical use."
+DEMO_NOTICE = (
+    "Demo weights trained on public real chest radiographs (NIH ChestX-ray14 with RSNA boxes, "
+    "covid-chestxray-dataset with V7 Labs lung masks) and synthetic PhantomCXR radiographs. "
+    "Not for clinical use."
+)
 
 
 def _empty_manifest() -> dict[str, Any]:
@@ -98,15 +102,44 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--weights-dir", type=Path, default=None, help="default: the package's weights folder")
     parser.add_argument("--training-command", required=True, help="the exact command that trained the checkpoint")
-    parser.add_argument("--data-command", default=None, help="the exact command that generated the training data")
+    parser.add_argument("--data-command", default=None, help="the exact command that generated the PhantomCXR training data")
     parser.add_argument("--data-seed", type=int, required=True, help="PhantomCXR seed of the training data")
     parser.add_argument("--data-studies", type=int, required=True)
+    parser.add_argument(
+        "--source", action="append", default=[], metavar="SPEC",
+        help="a --data spec the checkpoint was trained on (repeat); its image count and licences are recorded",
+    )
+    parser.add_argument("--init-from", default=None, help="what the training started from (e.g. the PhantomCXR-only weights)")
+    parser.add_argument("--manifest-version", default=None, help="set the weights set's version, e.g. 0.2.0-demo")
     parser.add_argument("--architecture", required=True)
     parser.add_argument("--input-size", type=int, nargs=2, required=True, metavar=("H", "W"))
     parser.add_argument("--classes", nargs="+", required=True)
     parser.add_argument("--model-version", default=__version__)
     parser.add_argument("--train-seconds", type=float, default=None)
     return parser
+
+
+def describe_sources(specs: list[str]) -> list[dict[str, Any]]:
+    """Each training source: spec, layout, sampling weight, image count and the licences of its images."""
+    from collections import Counter
+
+    from cxr_models.datasets import detect_format
+    from cxr_models.datasets.sources import parse_source, read_sources
+
+    described = []
+    for spec in specs:
+        source = parse_source(spec)
+        records = read_sources([source])
+        licences = Counter(r.licence or "not stated" for r in records)
+        described.append({
+            "spec": spec,
+            "name": source.label,
+            "format": source.format if source.format != "auto" else detect_format(source.root),
+            "weight": source.weight,
+            "images": len(records),
+            "licences": dict(sorted(licences.items())),
+        })
+    return described
 
 
 def main(args: argparse.Namespace) -> None:
@@ -123,12 +156,19 @@ def main(args: argparse.Namespace) -> None:
             "command": args.data_command,
             "seed": args.data_seed,
             "n_studies": args.data_studies,
+            "sources": describe_sources(args.source),
         },
+        "init_from": args.init_from,
         "train_seconds": args.train_seconds,
         "validation_metrics": ckpt.get("metrics", {}) if isinstance(ckpt, dict) else {},
         "epochs": (ckpt.get("epoch") if isinstance(ckpt, dict) else None),
     }
     entry = export_model(name=args.name, checkpoint=args.checkpoint, weights_dir=weights_dir, info=info)
+    if args.manifest_version is not None:
+        manifest = read_or_create_manifest(weights_dir)
+        manifest["version"] = args.manifest_version
+        manifest["notice"] = DEMO_NOTICE
+        write_manifest(weights_dir, manifest)
     print(json.dumps({args.name: {k: entry[k] for k in ("file", "bytes", "sha256", "uid")}}, indent=2))
 
 
