@@ -1,26 +1,53 @@
 #!/usr/bin/env bash
-# The exact commands that made the shipped demo weights (models/cxr_models/weights/) and their
-# metrics. Run from the repository root after `make up`; CPU-only is fine (about an hour on 2 cores).
+# The exact commands that made the shipped demo weights (models/cxr_models/weights/, 0.2.0-demo)
+# and their metrics. Run from the repository root after `make up`; CPU-only (2 cores) is fine.
+#
+# Stage 1 is the PhantomCXR-only 0.1.0-demo set (commit cc559d2; its own commands are in that
+# commit's copy of this script). Stage 2 starts every model from it and trains on the real
+# radiographs of ../shared/realcxr (CXR_REALCXR) mixed with PhantomCXR, with the patient-hash
+# split of cxr_models.train.data (validation fraction 0.2, split seed 0): the validation part is
+# never trained on and chooses every threshold (fusion, reporting threshold, OOD limit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
+REAL="${CXR_REALCXR:-../shared/realcxr}"
+NIH="$REAL/chestxray14,format=chestxray14"
+COVID="$REAL/covid-chestxray-dataset,format=covidcxr"
+VERSION=0.2.0-demo
+INIT_COMMIT=cc559d2
 
-TRAIN_DATA="cxr phantom generate --out data/train --n-studies 1200 --seed 1 --size-range 512 768 --no-progress"
+MIX_DATA="cxr phantom generate --out data/mix --n-studies 400 --seed 1 --size-range 512 768 --no-progress"
 TEST_DATA="cxr phantom generate --out data/test --n-studies 300 --seed 9001 --size-range 512 768 --no-progress"
-VAL_DATA="cxr phantom generate --out data/val --n-studies 150 --seed 2 --size-range 512 768 --no-progress"
-[ -d data/train ] || $TRAIN_DATA
+[ -d data/mix ] || $MIX_DATA
 [ -d data/test ] || $TEST_DATA
-[ -d data/val ] || $VAL_DATA
 
+# Stage 1: the PhantomCXR-only weights, exactly as shipped in 0.1.0-demo.
+mkdir -p runs/init
+for name in view lungs detector_a detector_b opacity study; do
+  [ -f "runs/init/$name.pt" ] || git show "$INIT_COMMIT:models/cxr_models/weights/$name.pt" > "runs/init/$name.pt"
+done
+
+# Stage 2: real + PhantomCXR. The lung model comes first: the detectors, the opacity model and
+# the study model crop real images without lung masks with its predictions.
+LUNGS=runs/real/lungs/weights_fp16.pt
+OPACITY=runs/real/opacity/weights_fp16.pt
+COMMON="--threads 2 --no-progress"
 declare -A TRAIN=(
-  [view]="cxr train view --data data/train --out runs/view_final --threads 1 --no-progress"
-  [lungs]="cxr train lungs --data data/train --out runs/lungs --epochs 3 --threads 1 --no-progress"
-  [detector_a]="cxr train detector-a --data data/train --out runs/detector_a12 --epochs 12 --cache-dir runs/detector_a/cache --threads 2 --no-progress"
-  [detector_b]="cxr train detector-b --data data/train --out runs/detector_b12 --epochs 12 --cache-dir runs/detector_b/cache --threads 2 --no-progress"
-  [opacity]="cxr train opacity --data data/train --out runs/opacity --threads 1 --no-progress"
-  [study]="cxr train study --data data/train --out runs/study --lungs-weights runs/lungs/weights_fp16.pt --opacity-weights runs/opacity/weights_fp16.pt --threads 1 --no-progress"
+  [view]="cxr train view --data $NIH --data $COVID,weight=3 --data data/mix --init runs/init/view.pt --epochs 4 --out runs/real/view $COMMON"
+  [lungs]="cxr train lungs --data $COVID,weight=4 --data data/mix --init runs/init/lungs.pt --epochs 4 --out runs/real/lungs $COMMON"
+  [detector_a]="cxr train detector-a --data $NIH,weight=3 --data data/mix --init runs/init/detector_a.pt --lungs-weights $LUNGS --epochs 4 --cache-dir runs/real/detector_cache --out runs/real/detector_a $COMMON"
+  [detector_b]="cxr train detector-b --data $NIH,weight=3 --data data/mix --init runs/init/detector_b.pt --lungs-weights $LUNGS --epochs 4 --cache-dir runs/real/detector_cache --out runs/real/detector_b $COMMON"
+  [opacity]="cxr train opacity --data $NIH,weight=3 --data data/mix --init runs/init/opacity.pt --lungs-weights $LUNGS --epochs 3 --out runs/real/opacity $COMMON"
+  [study]="cxr train study --data $NIH --data $COVID --data data/mix --init runs/init/study.pt --lungs-weights $LUNGS --opacity-weights $OPACITY --epochs 8 --out runs/real/study $COMMON"
 )
-declare -A RUN=([view]=runs/view_final [lungs]=runs/lungs [detector_a]=runs/detector_a12 [detector_b]=runs/detector_b12 [opacity]=runs/opacity [study]=runs/study)
+declare -A SOURCES=(
+  [view]="$NIH $COVID,weight=3 data/mix"
+  [lungs]="$COVID,weight=4 data/mix"
+  [detector_a]="$NIH,weight=3 data/mix"
+  [detector_b]="$NIH,weight=3 data/mix"
+  [opacity]="$NIH,weight=3 data/mix"
+  [study]="$NIH $COVID data/mix"
+)
 declare -A ARCH=(
   [view]="residual CNN (cxr_models.nets.view)"
   [lungs]="U-Net, half-width ResNet18 encoder to layer3 (segmentation-models-pytorch)"
@@ -35,20 +62,29 @@ declare -A CLASSES=(
   [opacity]="opacity" [study]="negative typical indeterminate atypical"
 )
 
-# The study model is trained on the lung and opacity models' predictions, so it comes last.
-for name in view lungs detector_a detector_b opacity study; do
-  [ -f "${RUN[$name]}/model_best.pt" ] || ${TRAIN[$name]}
+for name in lungs view detector_a detector_b opacity study; do
+  [ -f "runs/real/$name/model_best.pt" ] || ${TRAIN[$name]}
 done
 
 for name in view lungs detector_a detector_b opacity study; do
-  python -m cxr_models.weights.export --name "$name" --checkpoint "${RUN[$name]}/model_best.pt" \
-    --training-command "${TRAIN[$name]}" --data-command "$TRAIN_DATA" --data-seed 1 --data-studies 1200 \
-    --architecture "${ARCH[$name]}" --input-size ${SIZE[$name]} --classes ${CLASSES[$name]}
+  sources=()
+  for spec in ${SOURCES[$name]}; do sources+=(--source "$spec"); done
+  python -m cxr_models.weights.export --name "$name" --checkpoint "runs/real/$name/model_best.pt" \
+    --training-command "${TRAIN[$name]}" --data-command "$MIX_DATA" --data-seed 1 --data-studies 400 \
+    "${sources[@]}" --init-from "the PhantomCXR-only 0.1.0-demo weights (git show $INIT_COMMIT:models/cxr_models/weights/$name.pt)" \
+    --architecture "${ARCH[$name]}" --input-size ${SIZE[$name]} --classes ${CLASSES[$name]} --manifest-version "$VERSION"
 done
 
-# The WBF weights, IoU and confidence rule are chosen on the validation set (seed 2), never the test set.
-python -m cxr_models.evaluation.tune_fusion --data data/val --write-manifest
+# Thresholds, all chosen on the validation part of the real sources (and PhantomCXR where it has the labels).
+VAL="--data $NIH --data $COVID --data data/mix --split val"
+python -m cxr_models.evaluation.tune_fusion $VAL --write-manifest
+python -m cxr_models.evaluation.tune_threshold --data $NIH --split val --max-false-per-negative 0.5 --write-manifest
+python -m cxr_models.evaluation.fit_ood --data $NIH --data $COVID --data data/mix --quantile 0.99 --write-manifest
 
+# Metrics: the real validation part, and the unseen PhantomCXR seed-9001 test set.
+EVAL_REAL="cxr evaluate --data $NIH --data $COVID --split val --out runs/eval_real --no-progress"
+$EVAL_REAL
+python -m cxr_models.weights.record --key metrics_real --metrics runs/eval_real/metrics.json --command "$EVAL_REAL"
 EVAL="cxr evaluate --data data/test --out runs/eval --no-progress"
 $EVAL
 python -m cxr_models.weights.record --metrics runs/eval/metrics.json --command "$EVAL" \
