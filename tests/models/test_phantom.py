@@ -7,6 +7,7 @@ import csv
 import filecmp
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,15 @@ from PIL import Image
 from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
 from scipy import ndimage
 
+import cxr_models.phantom.study as study_module
 from cxr_models.datasets.siim import read_siim
 from cxr_models.imaging import display_array
 from cxr_models.phantom.dicom_io import build_dataset, write_dicom
 from cxr_models.phantom.generate import generate_dataset, siim_label
-from cxr_models.phantom.study import PhantomStudy, render_study
+from cxr_models.phantom.groundtruth import largest_component
+from cxr_models.phantom.primitives import Quadric, Scene
+from cxr_models.phantom.projection import project
+from cxr_models.phantom.study import PhantomImage, PhantomStudy, render_study
 from cxr_models.records import SIIM_STUDY_COLUMNS, STUDY_LABELS, Box
 
 SIZE = (256, 300)
@@ -194,6 +199,83 @@ def _lung_and_mediastinum(ds: pydicom.Dataset, lung: np.ndarray) -> tuple[float,
     between[:, : max(centre - lung.shape[1] // 10, 0)] = False
     between[:, centre + lung.shape[1] // 10 :] = False
     return float(display[lung].mean()), float(display[between].mean())
+
+
+@dataclass(frozen=True, eq=False)
+class _FrontalTruth:
+    """A frontal image with the projection fields and the separately projected heart and domes."""
+
+    image: PhantomImage
+    footprint: np.ndarray
+    dome_cover: np.ndarray
+    old_visible: np.ndarray
+    heart: np.ndarray
+    domes: np.ndarray
+
+
+@pytest.fixture(scope="module")
+def frontal_truth() -> _FrontalTruth:
+    """A PA image of seed 3 rendered with the thorax and each view's fields captured on the way.
+
+    The image is small enough to be projected at full size, so the fields align with its masks.
+    """
+    thoraxes, projections = [], []
+    build_thorax, project_fields = study_module.build_thorax, study_module.project
+
+    def capture_thorax(*args, **kwargs):
+        thoraxes.append(build_thorax(*args, **kwargs))
+        return thoraxes[-1]
+
+    def capture_project(scene, view, grid):
+        projections.append((scene, view, grid, project_fields(scene, view, grid)))
+        return projections[-1][3]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(study_module, "build_thorax", capture_thorax)
+        patch.setattr(study_module, "project", capture_project)
+        study = render_study(seed=3, study_index=0, size_range=SIZE, label="negative")
+    (thorax,) = thoraxes
+    image, (scene, view, grid, fields) = next((i, p) for i, p in zip(study.images, projections, strict=True)
+                                              if i.view == "frontal")
+    assert (grid.rows, grid.cols) == image.pixels.shape
+
+    def alone(quadrics: tuple[Quadric, ...]) -> np.ndarray:
+        """Where the quadrics alone project (each with its own magnification)."""
+        only = Scene(quadrics=tuple(q.with_mu(1.0) for q in quadrics), chains=(), regions=(), lungs=(), lesions=(),
+                     aim=scene.aim, body=scene.body)
+        return project(only, view, grid).channels["soft"] > 0.5
+
+    # the former convention: the lung not hidden by anything cut out of it (domes, heart, mediastinum)
+    visible = (fields.lung_cover + fields.lung_dome_cover) <= 0.5
+    old = largest_component((fields.lungs[0] > 0.5) & visible) | largest_component((fields.lungs[1] > 0.5) & visible)
+    return _FrontalTruth(image=image, footprint=(fields.lungs[0] + fields.lungs[1]) > 0.5,
+                         dome_cover=fields.lung_dome_cover > 0.5, old_visible=old, heart=alone((thorax.heart,)),
+                         domes=alone(thorax.domes))
+
+
+def test_lung_mask_runs_behind_the_heart(frontal_truth: _FrontalTruth) -> None:
+    """As the V7 Labs masks: the left lung continues behind the heart (retrocardiac lung)."""
+    image = frontal_truth.image
+    behind = image.lung_left & frontal_truth.heart
+    assert behind.sum() > 0.1 * image.lung_left.sum()
+    assert not (frontal_truth.old_visible & frontal_truth.heart).any()
+
+
+def test_lung_mask_stops_at_the_domes(frontal_truth: _FrontalTruth) -> None:
+    """Nothing below the diaphragm, although the lungs' posterior recesses project under the domes."""
+    lung = frontal_truth.image.lung_mask
+    assert not (lung & frontal_truth.dome_cover).any()
+    # the domes projected on their own differ from the lungs' cutouts by the magnification, a pixel or two
+    under = ndimage.binary_erosion(frontal_truth.domes, iterations=3)
+    assert (frontal_truth.footprint & under).sum() > 0.05 * lung.sum()
+    assert not (lung & under).any()
+
+
+def test_lung_mask_is_larger_than_the_visible_lung_field(frontal_truth: _FrontalTruth) -> None:
+    lung, old = frontal_truth.image.lung_mask, frontal_truth.old_visible
+    assert not (old & ~lung).any()
+    assert lung.sum() > 1.15 * old.sum()
+    assert not (frontal_truth.image.lung_right & frontal_truth.image.lung_left).any()
 
 
 def test_dicom_attributes_and_polarity(dataset: Path, tmp_path: Path) -> None:

@@ -113,10 +113,12 @@ class Thorax:
     regions: tuple[Region, ...]
 
     def lung_regions(self) -> tuple[Region, Region]:
-        """Right and left lungs minus the domes, the heart and the mediastinal borders."""
-        right = Region(self.lungs[0], (self.domes[0], self.heart, self.atrium, self.right_border), name="right_lung",
-                       extra=(self.apices[0],))
-        left = Region(self.lungs[1], (self.domes[1], self.heart, self.knob), name="left_lung", extra=(self.apices[1],))
+        """Right and left lungs standing on their diaphragm domes (the floor) and wrapped around
+        the heart and the mediastinal borders (the cutouts)."""
+        right = Region(self.lungs[0], (self.heart, self.atrium, self.right_border), name="right_lung",
+                       extra=(self.apices[0],), floor=(self.domes[0],))
+        left = Region(self.lungs[1], (self.heart, self.knob), name="left_lung", extra=(self.apices[1],),
+                      floor=(self.domes[1],))
         return right, left
 
     def trunk_half_width(self, z: float) -> float:

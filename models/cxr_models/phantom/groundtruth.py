@@ -1,8 +1,9 @@
 """Exact ground truth of a frontal image from the projected geometry.
 
-* lung masks: the projected footprint of each lung, excluding where the heart, the diaphragm
-  domes or the aortic knob lie in front of or behind it (the visible lung field), kept to its
-  largest connected piece;
+* lung masks, as the V7 Labs masks: the lung behind the heart is included, nothing below the
+  diaphragm. Each is the projected footprint of one lung (the aortic knob, the mediastinal
+  borders and the heart in front of or behind it do not cut it) minus where a diaphragm dome
+  covers it (the posterior recesses seen through the dome), kept to its largest connected piece;
 * opacity mask: where the opaque lesions' line integral exceeds a visibility threshold, inside
   the projected lungs; components smaller than ``min_fraction`` of the image are dropped;
 * boxes: bounding boxes of the mask's connected components (8-connected);
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 # of a 1.5 mm vessel seen side-on.
 OPACITY_THRESHOLD = 0.05
 MIN_BOX_FRACTION = 0.0002
-# chord lengths (mm) below this count as no lung / no covering organ
+# chord lengths (mm) below this count as no lung / no covering dome
 _CHORD_EPS = 0.5
 
 
@@ -83,22 +84,22 @@ def opacity_percent(opacity: np.ndarray, lung: np.ndarray) -> float:
 def ground_truth(
     *,
     lungs: tuple[np.ndarray, np.ndarray],
-    cover: np.ndarray,
+    dome_cover: np.ndarray,
     lesion: np.ndarray,
     threshold: float = OPACITY_THRESHOLD,
     min_fraction: float = MIN_BOX_FRACTION,
 ) -> GroundTruth:
     """Masks, boxes and percentage from the full-resolution fields of a frontal projection.
 
-    ``lungs`` are the right and left lung chord lengths (mm), ``cover`` the chord through what
-    hides the lungs, ``lesion`` the opaque lesions' line integral.
+    ``lungs`` are the right and left lung chord lengths (mm), ``dome_cover`` the chord through
+    the diaphragm domes under the lungs, ``lesion`` the opaque lesions' line integral.
     """
     if threshold <= 0:
         raise ValueError(f"threshold must be positive, got {threshold}")
-    visible = cover <= _CHORD_EPS
-    # slivers between the heart and a dome are real geometry but not what a lung mask shows
-    right = largest_component((lungs[0] > _CHORD_EPS) & visible)
-    left = largest_component((lungs[1] > _CHORD_EPS) & visible)
+    above_domes = dome_cover <= _CHORD_EPS
+    # a sliver a dome's outline cuts off a lung's recess is real geometry but not what a lung mask shows
+    right = largest_component((lungs[0] > _CHORD_EPS) & above_domes)
+    left = largest_component((lungs[1] > _CHORD_EPS) & above_domes)
     footprint = (lungs[0] + lungs[1]) > _CHORD_EPS
     raw = (lesion > threshold) & footprint
     min_pixels = max(int(np.ceil(min_fraction * raw.size)), 1)

@@ -9,8 +9,9 @@ detector can vary bone and metal contrast with the tube voltage.
   by slabs, with an optional smooth density profile ``(1 - r^2)^k``;
 * :class:`TubeChain`: a tube of elliptic cross-section along a polyline, with an optional
   cortical shell (ribs, clavicles, vessels, catheters);
-* :class:`Region`: a quadric minus other quadrics (lungs minus diaphragm and heart, a breast
-  minus the trunk it overlaps), whose chord is a difference of ray intervals;
+* :class:`Region`: a quadric minus other quadrics (a lung minus its floor, the diaphragm dome,
+  and minus the heart and mediastinum; a breast minus the trunk it overlaps), whose chord is a
+  difference of ray intervals;
 * :class:`Lesion`: a quadric clipped to one lung region (ground glass, consolidation, nodules,
   effusion, and the air of a pneumothorax).
 """
@@ -267,21 +268,31 @@ def tube(
 
 @dataclass(frozen=True, eq=False)
 class Region:
-    """``shape`` united with ``extra`` minus the ``cutouts`` (all with the magnification of ``shape``).
+    """``shape`` united with ``extra`` minus ``floor`` and ``cutouts`` (all with the magnification of ``shape``).
 
     ``shape`` gives the attenuation; the extra shapes only extend the region (a rounder lung apex).
+    ``floor`` and ``cutouts`` both cut the region and differ only in what they mean: the floor
+    bounds it from below (the diaphragm dome under a lung), the cutouts are what else it wraps
+    around (the heart, the mediastinum). A lung's ground-truth mask stops at its floor but
+    runs behind its cutouts.
     """
 
     shape: Quadric
     cutouts: tuple[Quadric, ...] = ()
     name: str = ""
     extra: tuple[Quadric, ...] = ()
+    floor: tuple[Quadric, ...] = ()
+
+    @property
+    def removed(self) -> tuple[tuple[Quadric, bool], ...]:
+        """Every quadric cut out of the region, floor first, each with whether it is the floor."""
+        return tuple((cut, True) for cut in self.floor) + tuple((cut, False) for cut in self.cutouts)
 
     def contains(self, points: np.ndarray) -> np.ndarray:
         inside = self.shape.contains(points)
         for part in self.extra:
             inside |= part.contains(points)
-        for cut in self.cutouts:
+        for cut, _ in self.removed:
             inside &= ~cut.contains(points)
         return inside
 

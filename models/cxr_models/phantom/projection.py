@@ -14,8 +14,9 @@ elliptic cylinders along polylines whose segments meet on mitres, with chord and
 linearly along each segment, so a curved rib has neither gaps nor double-counted joints.
 
 Besides the channels, :class:`Fields` keeps what the ground truth needs: the lung footprint,
-the footprint of what lies in front of/behind the lungs (heart, diaphragm, aortic knob), and
-the integral of the opaque lesions alone.
+the chord through the diaphragm domes the lungs stand on (each lung region's floor), the chord
+through the other parts cut out of the lungs (heart, atrium, mediastinal borders, aortic knob),
+and the integral of the opaque lesions alone.
 """
 
 from __future__ import annotations
@@ -122,11 +123,17 @@ def _index_range(lo: float, hi: float, spacing: float, n: int) -> tuple[int, int
 
 @dataclass(frozen=True, eq=False)
 class Fields:
-    """Line integrals (mu * mm) per channel plus the ground-truth fields, all (rows, cols) float32."""
+    """Line integrals (mu * mm) per channel plus the ground-truth fields, all (rows, cols) float32.
+
+    ``lungs`` are the chords through each lung region; ``lung_dome_cover`` is the chord through
+    the lung regions' floors (the diaphragm domes), ``lung_cover`` the chord through their other
+    cutouts (what lies in front of or behind the lungs), both summed over the lungs.
+    """
 
     channels: dict[str, np.ndarray]
     lungs: tuple[np.ndarray, ...]
     lung_cover: np.ndarray
+    lung_dome_cover: np.ndarray
     lesion: np.ndarray
 
 
@@ -265,6 +272,7 @@ class _Accumulator:
         self.channels = {name: self.stack[i] for i, name in enumerate(CHANNELS)}
         self.lungs: dict[int, np.ndarray] = {}
         self.lung_cover = np.zeros(shape, dtype=np.float32)
+        self.lung_dome_cover = np.zeros(shape, dtype=np.float32)
         self.lesion = np.zeros(shape, dtype=np.float32)
 
     def uv(self, box: _Box) -> tuple[np.ndarray, np.ndarray]:
@@ -339,7 +347,8 @@ class _RegionCache:
 
 
 def _render_region(acc: _Accumulator, region: Region, view: View, *, lung: int | None) -> _RegionCache | None:
-    """Chord through (shape united with extra) minus cutouts; lungs also record footprint and cover."""
+    """Chord through (shape united with extra) minus floor and cutouts; lungs also record their
+    footprint, the chord through their floor (dome cover) and through their other cutouts (cover)."""
     shape = region.shape
     m = float(view.magnification(shape.center))
     box = _quadric_box(shape, view, acc.grid, m)
@@ -358,7 +367,7 @@ def _render_region(acc: _Accumulator, region: Region, view: View, *, lung: int |
         for piece in pieces:
             added = _subtract(added, piece.box, piece.lo, piece.hi)
         pieces = pieces + added
-    for cut in region.cutouts:
+    for cut, is_floor in region.removed:
         cut_box = _quadric_box(cut, view, acc.grid, m)
         if cut_box.empty:
             continue
@@ -366,7 +375,8 @@ def _render_region(acc: _Accumulator, region: Region, view: View, *, lung: int |
         c_lo, c_hi, _, _ = _ray_interval(_Coefficients(cut, view, m), cu, cv)
         pieces = _subtract(pieces, cut_box, c_lo, c_hi)
         if lung is not None:
-            acc.lung_cover[cut_box.slices()] += np.maximum(c_hi - c_lo, 0.0)
+            cover = acc.lung_dome_cover if is_floor else acc.lung_cover
+            cover[cut_box.slices()] += np.maximum(c_hi - c_lo, 0.0)
     mu = np.float32(shape.mu)
     for piece in pieces:
         length = np.maximum(piece.hi - piece.lo, 0.0)
@@ -794,4 +804,4 @@ def project(scene: Scene, view: View, grid: Grid) -> Fields:
         _render_lesion(acc, lesion, view, caches[lesion.lung])
     _render_chains(acc, scene.packed_chains, view)
     return Fields(channels=acc.channels, lungs=tuple(acc.lungs[i] for i in scene.lungs), lung_cover=acc.lung_cover,
-                  lesion=acc.lesion)
+                  lung_dome_cover=acc.lung_dome_cover, lesion=acc.lesion)

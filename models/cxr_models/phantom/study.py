@@ -30,7 +30,7 @@ from cxr_models.records import STUDY_LABELS, Box
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"  # 1.1: lung masks as V7 Labs (behind the heart, not below the domes)
 WRONG_BODY_PARTS: tuple[str, ...] = ("THORAX", "PECHO", "ABDOMEN")
 DEFAULT_SIZE_RANGE = (1024, 3072)
 DEFAULT_RENDER_MAX_SIDE = 1024
@@ -371,7 +371,7 @@ def render_study(
         if request.chest_frontal:
             truth = ground_truth(
                 lungs=(_resize(fields.lungs[0], rows, cols), _resize(fields.lungs[1], rows, cols)),
-                cover=_resize(fields.lung_cover, rows, cols),
+                dome_cover=_resize(fields.lung_dome_cover, rows, cols),
                 lesion=_resize(fields.lesion, rows, cols),
             )
             lung_right, lung_left, opacity = truth.lung_right, truth.lung_left, truth.opacity

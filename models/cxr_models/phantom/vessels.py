@@ -47,6 +47,7 @@ def lung_targets(thorax: Thorax, side_index: int, count: int, rng: np.random.Gen
     inner = Region(
         shape=_shrunk(region.shape, 12.0),
         cutouts=region.cutouts,
+        floor=region.floor,
         extra=tuple(_shrunk(q, 12.0) for q in region.extra),
     )
     lo = np.full(3, np.inf)
