@@ -94,15 +94,30 @@ def read_dicom_display(path: Path | str) -> np.ndarray:
     return display_array(ds)
 
 
+# PIL modes read as they are: 8-bit grey, 16-bit grey (any byte order), 32-bit int and float grey.
+_GREY_MODES = frozenset({"L", "I", "F"})
+
+
 def read_image_display(path: Path | str) -> np.ndarray:
-    """Display array for a DICOM file or a PNG/JPEG (8- or 16-bit greyscale) image."""
+    """Display array for a DICOM file or a PNG/JPEG/TIFF image, as one grey channel.
+
+    Grey images (8-bit, 16-bit ``I;16*``, ``I``) keep their full precision: 16-bit values are
+    divided by 65535, 8-bit ones by 255. Every other mode (RGB, RGBA, LA, palette ``P``/``PA``,
+    CMYK, YCbCr, 1-bit) is converted to 8-bit grey by PIL (ITU-R 601 luma; alpha dropped;
+    palettes with transparency go through RGBA first).
+    """
     path = Path(path)
     if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
         with Image.open(path) as img:
+            if img.mode not in _GREY_MODES and not img.mode.startswith("I;16"):
+                if img.mode in ("P", "PA"):
+                    img = img.convert("RGBA")
+                img = img.convert("L")
             arr = np.asarray(img)
-        if arr.ndim == 3:
-            arr = arr[..., :3].mean(axis=2)
-        top = 65535.0 if arr.dtype == np.uint16 or arr.max() > 255 else 255.0
+        if arr.ndim != 2:
+            raise ValueError(f"{path}: expected one grey channel after conversion, got shape {arr.shape}")
+        sixteen_bit = arr.dtype.kind == "u" and arr.dtype.itemsize == 2
+        top = 65535.0 if sixteen_bit or arr.max() > 255 else 255.0
         return np.clip(arr.astype(np.float32) / top, 0.0, 1.0)
     return read_dicom_display(path)
 

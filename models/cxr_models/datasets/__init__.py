@@ -2,13 +2,17 @@
 
 ``read_dataset(root, format="auto")`` picks the reader from marker files:
 
-========== ==========================================================================
-siim       ``train_image_level.csv`` (SIIM-FISABIO-RSNA COVID-19, and PhantomCXR)
-rsna       ``stage_2_train_labels.csv`` (RSNA Pneumonia Detection)
-padchest   the PadChest label CSV (official name, or the only CSV with its columns)
-lungmasks  ``CXR_png/`` + ``ManualMask/`` or ``mask/`` (Montgomery, Shenzhen), or
-           ``images/`` + ``masks/`` (JSRT, generic)
-========== ==========================================================================
+=========== =========================================================================
+siim        ``train_image_level.csv`` (SIIM-FISABIO-RSNA COVID-19, and PhantomCXR)
+rsna        ``stage_2_train_labels.csv`` (RSNA Pneumonia Detection)
+chestxray14 ``Data_Entry_2017_v2020.csv`` or ``Data_Entry_2017.csv`` (NIH ChestX-ray14,
+            with optional RSNA Pneumonia boxes matched onto it)
+covidcxr    ``metadata.csv`` with patientid/finding/view/modality/filename columns
+            (ieee8023 COVID-19 image data collection)
+padchest    the PadChest label CSV (official name, or the only CSV with its columns)
+lungmasks   ``CXR_png/`` + ``ManualMask/`` or ``mask/`` (Montgomery, Shenzhen), or
+            ``images/`` + ``masks/`` (JSRT, generic)
+=========== =========================================================================
 
 ``load_image``/``load_lung_mask``/``load_opacity_mask`` read a record's pixels the same way
 training and inference do (:mod:`cxr_models.imaging`).
@@ -21,6 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_models.datasets.chestxray14 import DATA_ENTRY_NAMES as CHESTXRAY14_CSVS
+from cxr_models.datasets.chestxray14 import find_data_entry, read_chestxray14
+from cxr_models.datasets.covid_cxr import METADATA_CSV as COVID_CSV
+from cxr_models.datasets.covid_cxr import is_covid_cxr, read_covid_cxr
 from cxr_models.datasets.csvio import header
 from cxr_models.datasets.lung_masks import lung_mask_variant, read_lung_masks
 from cxr_models.datasets.padchest import DEFAULT_CSV as PADCHEST_CSV
@@ -35,7 +43,7 @@ from cxr_models.records import ImageRecord
 
 logger = logging.getLogger(__name__)
 
-FORMATS: tuple[str, ...] = ("siim", "rsna", "padchest", "lungmasks")
+FORMATS: tuple[str, ...] = ("siim", "rsna", "chestxray14", "covidcxr", "padchest", "lungmasks")
 
 __all__ = [
     "FORMATS",
@@ -43,6 +51,8 @@ __all__ = [
     "load_image",
     "load_lung_mask",
     "load_opacity_mask",
+    "read_chestxray14",
+    "read_covid_cxr",
     "read_dataset",
     "read_lung_masks",
     "read_padchest",
@@ -68,12 +78,18 @@ def detect_format(root: Path) -> str:
         return "siim"
     if (root / RSNA_CSV).is_file():
         return "rsna"
+    if find_data_entry(root) is not None:
+        return "chestxray14"
+    if is_covid_cxr(root):
+        return "covidcxr"
     if _is_padchest(root):
         return "padchest"
     if lung_mask_variant(root) is not None:
         return "lungmasks"
     raise ValueError(
         f"no known dataset layout under {root}; looked for {SIIM_CSV} (siim), {RSNA_CSV} (rsna), "
+        f"{' or '.join(CHESTXRAY14_CSVS)} (chestxray14), {COVID_CSV} with covid-chestxray-dataset columns "
+        "(covidcxr), "
         f"{PADCHEST_CSV} or a single CSV with columns {list(PADCHEST_COLUMNS)} (padchest), "
         "CXR_png/ with ManualMask/leftMask+rightMask/ or mask/, or images/ with masks/ (lungmasks)"
     )
@@ -91,6 +107,10 @@ def read_dataset(root: Path, *, format: str = "auto") -> list[ImageRecord]:
         return read_siim(root)
     if format == "rsna":
         return read_rsna_pneumonia(root)
+    if format == "chestxray14":
+        return read_chestxray14(root)
+    if format == "covidcxr":
+        return read_covid_cxr(root)
     if format == "padchest":
         return read_padchest(root)
     return read_lung_masks(root)
