@@ -10,15 +10,21 @@ import numpy as np
 import pytest
 
 from cxr_models.evaluation.evaluate import (
+    DEFAULT_REPORTING_THRESHOLD,
     StudyOutcome,
     compute_metrics,
     evaluate_dataset,
     get_args_parser,
     group_studies,
     limit_studies,
+    main,
+    reporting_threshold_of,
+    resolve_tuning_split,
     study_outcome,
     write_metrics,
 )
+from cxr_models.datasets.sources import DataSource
+from cxr_models.train.data import in_validation, select_split
 from cxr_models.evaluation.report import REPORT_NAME, write_report
 from cxr_models.records import Box, ImageRecord, ScoredBox
 from tests.models.fixtures_datasets import tiny_siim
@@ -63,14 +69,14 @@ def _records() -> list[ImageRecord]:
     return [
         # Study S1 (typical): a frontal with one box, masks and opacity %, and a lateral.
         ImageRecord("i1", p, study_id="S1", view="frontal", boxes=(B1,), lung_mask=(p,), opacity_mask=(p,),
-                    opacity_percent=10.0, study_label="typical"),
+                    opacity_percent=10.0, study_label="typical", abnormal=True, severity=4.0),
         ImageRecord("i2", p, study_id="S1", view="lateral", study_label="typical"),
         # Study S2 (negative): an unknown-view image annotated as having no opacity.
         ImageRecord("i3", p, study_id="S2", view=None, boxes=(), opacity_mask=(p,), opacity_percent=0.0,
-                    study_label="negative"),
+                    study_label="negative", abnormal=False, severity=0.0),
         # Study S3 (typical): a frontal the model takes for a lateral.
         ImageRecord("i4", p, study_id="S3", view="frontal", boxes=(B2,), opacity_mask=(p,), opacity_percent=30.0,
-                    study_label="typical"),
+                    study_label="typical", severity=6.0),
     ]
 
 
@@ -165,6 +171,33 @@ def test_compute_metrics_hand_computed() -> None:
     assert counts["labelled_studies_without_frontal_prediction"] == 1
     assert set(curves.opacity_pr) == {"ensemble", "detector A", "detector B", "ensemble, no crop"}
     np.testing.assert_array_equal(curves.study_confusion.matrix.sum(), 2)
+    # Per-view recall: i1 right and i4 wrong among frontals; i2 the only lateral.
+    assert metrics["view_accuracy_frontal"] == pytest.approx(0.5)
+    assert metrics["view_accuracy_lateral"] == pytest.approx(1.0)
+    assert metrics["view_accuracy_other"] is None and metrics["n"]["view_accuracy_other"] == 0
+    # Frontal images i1, i3 (unknown view), i4: i4 was taken for a lateral.
+    assert metrics["analysed_rate"] == pytest.approx(2 / 3)
+    assert metrics["not_analysed_reasons"] == {"predicted lateral": 1}
+    # Abnormal: S1 (i1 True) p = 1 - 0.1, S2 (i3 False) p = 1 - 0.6; S3 has no abnormal label.
+    assert metrics["normal_abnormal_auc"] == pytest.approx(1.0)
+    assert (metrics["n"]["normal_abnormal_auc"], metrics["n_positive"]["normal_abnormal_auc"]) == (2, 1)
+    # Severity: i1 (12 %, 4) and i3 (2 %, 0); i4 has a severity but no predicted opacity %.
+    assert metrics["opacity_percent_spearman"] == pytest.approx(1.0)
+    assert metrics["opacity_percent_spearman_n"] == 2
+    assert metrics["opacity_percent_spearman_p"] is None
+    assert metrics["counts"]["images_with_severity_without_predicted_opacity_percent"] == 1
+    # Reporting threshold 0.3 (default): i3 is the only known negative and shows FAR at 0.4.
+    assert metrics["reporting_threshold"] == pytest.approx(0.3)
+    assert metrics["false_boxes_per_negative"] == pytest.approx(1.0)
+    assert (metrics["n"]["false_boxes_per_negative"], metrics["n_positive"]["false_boxes_per_negative"]) == (1, 1)
+    # Reference boxes B1 (found at 0.9) and B2 (i4 not analysed): recall 1/2; shown boxes 0.9, 0.4: precision 1/2.
+    assert metrics["opacity_recall_at_reporting_threshold"] == pytest.approx(0.5)
+    assert metrics["opacity_precision_at_reporting_threshold"] == pytest.approx(0.5)
+    assert metrics["n_positive"]["opacity_map50"] == 2 and metrics["n_positive"]["none_ap"] == 1
+    assert metrics["counts_by_source"]["unknown"]["images"] == 4
+    assert metrics["counts_by_source"]["unknown"]["known_negative"] == 1
+    strict, _ = compute_metrics(_records(), _outcomes(), reporting_threshold=0.5)
+    assert strict["false_boxes_per_negative"] == 0.0 and strict["n_positive"]["false_boxes_per_negative"] == 0
 
 
 def test_no_crop_ablation_absent_is_undefined() -> None:
@@ -228,11 +261,16 @@ def test_write_report_and_metrics(tmp_path: Path) -> None:
     assert "Not for clinical use" in text
     assert "test-1" in text and "arch=resnet" in text
     assert "/data/phantom" in text
-    assert "Opacity AP@0.5 (ensemble) (`opacity_map50`) | 0.5000 | 3 |" in text
+    assert "Opacity AP@0.5 (ensemble) (`opacity_map50`) | 0.5000 | 3 | 2 |" in text
+    assert "**Data:** `/data/phantom` — all records" in text
+    assert "### Per data source" in text and "| unknown | 4 |" in text
+    assert "- predicted lateral: 1" in text
+    assert "(`normal_abnormal_auc`) | 1.0000 | 2 | 1 |" in text
+    assert "(`false_boxes_per_negative`) | 1.0000 | 1 | 1 |" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "(`" in line]
     assert len(rows) >= 20
-    for row in rows:  # a definition's own "|" (as in |P∩T|) is escaped, so every row has 4 cells
-        assert row.replace("\\|", "").count("|") == 5, row
+    for row in rows:  # a definition's own "|" (as in |P∩T|) is escaped, so every row has 5 cells
+        assert row.replace("\\|", "").count("|") == 6, row
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == sorted(
         [
@@ -242,6 +280,8 @@ def test_write_report_and_metrics(tmp_path: Path) -> None:
             "roc_study.png",
             "roc_opacity_percent.png",
             "opacity_percent_scatter.png",
+            "roc_normal_abnormal.png",
+            "opacity_percent_severity.png",
         ]
     )
     for name in pngs:
@@ -257,6 +297,88 @@ def test_write_report_and_metrics(tmp_path: Path) -> None:
 def test_args_parser_defaults() -> None:
     args = get_args_parser().parse_args(["--data", "d", "--out", "o"])
     assert (args.format, args.device, args.limit, args.weights, args.no_progress) == ("auto", "auto", None, None, False)
+    assert (args.data, args.split, args.val_fraction, args.split_seed) == (["d"], "all", 0.2, 0)
+    assert args.reporting_threshold is None
+    args = get_args_parser().parse_args(
+        ["--data", "a,weight=2", "--data", "b", "--out", "o", "--split", "val", "--reporting-threshold", "0.6"]
+    )
+    assert (args.data, args.split, args.reporting_threshold) == (["a,weight=2", "b"], "val", 0.6)
+
+
+def test_reporting_threshold_from_override_manifest_or_default() -> None:
+    manifest = {"reporting_threshold": {"score": 0.62, "max_false_per_negative": 0.5}}
+    assert reporting_threshold_of({}) == DEFAULT_REPORTING_THRESHOLD == 0.3
+    assert reporting_threshold_of(manifest) == pytest.approx(0.62)
+    assert reporting_threshold_of(manifest, 0.4) == pytest.approx(0.4)
+
+
+def test_tuning_split_defaults_to_validation_except_a_lone_phantom_folder(tmp_path: Path) -> None:
+    phantom = tmp_path / "val"
+    phantom.mkdir()
+    (phantom / "phantom.json").write_text("{}")
+    real = DataSource(tmp_path / "real")
+    assert resolve_tuning_split(None, [DataSource(phantom)]) == "all"
+    assert resolve_tuning_split(None, [real]) == "val"
+    assert resolve_tuning_split(None, [DataSource(phantom), real]) == "val"
+    assert resolve_tuning_split("val", [DataSource(phantom)]) == "val"
+
+
+def _one_image_study(image: SimpleNamespace, negative: float | None) -> StudyOutcome:
+    probabilities = None if negative is None else {
+        "negative": negative, "typical": 1.0 - negative, "indeterminate": 0.0, "atypical": 0.0
+    }
+    pred = SimpleNamespace(label=None if negative is None else "negative", probabilities=probabilities, images=(image,))
+    return study_outcome(pred, lung_truth=[None], opacity_truth=[None])
+
+
+def test_each_metric_uses_only_the_records_that_carry_its_label() -> None:
+    p = Path("unused.png")
+    records = [
+        ImageRecord("a1", p, view="frontal", boxes=(B1,), abnormal=True, source="synthetic"),
+        ImageRecord("a2", p, view="frontal", boxes=(), abnormal=False, source="synthetic"),
+        # Real records: r1 carries no label at all, r2 only abnormal and severity, r3 is a known negative.
+        ImageRecord("r1", p, view="frontal", source="real"),
+        ImageRecord("r2", p, view="frontal", abnormal=True, severity=3.0, source="real"),
+        ImageRecord("r3", p, view="frontal", boxes=(), source="real"),
+    ]
+    outcomes = {
+        "a1": _one_image_study(_image(opacities=(ScoredBox(B1, 0.9),)), 0.2),
+        "a2": _one_image_study(_image(opacities=(ScoredBox(FAR, 0.5),)), 0.7),
+        # A confident false box and P(negative) 0 on r1 would hurt AP and AUC if r1 counted.
+        "r1": _one_image_study(_image(opacities=(ScoredBox(FAR, 0.95),)), 0.0),
+        "r2": _one_image_study(_image(opacities=(ScoredBox(B2, 0.8),), opacity_percent=20.0), 0.5),
+        "r3": _one_image_study(
+            _image(analysed=False, reason="not a chest radiograph: ood score 0.97", opacities_by_detector={},
+                   opacities_no_crop=None),
+            None,
+        ),
+    }
+    metrics, curves = compute_metrics(records, outcomes)
+    n, pos = metrics["n"], metrics["n_positive"]
+    # mAP over a1, a2, r3 (boxes not None): TP 0.9 then FP 0.5 -> 1.0; r1's 0.95 box is not counted.
+    assert metrics["opacity_map50"] == pytest.approx(1.0)
+    assert (n["opacity_map50"], pos["opacity_map50"]) == (3, 1)
+    assert metrics["opacity_map50_detector_a"] == 0.0  # no detector boxes in these stand-ins, one truth box
+    # AUC over a1 (T, 0.8), a2 (F, 0.3), r2 (T, 0.5); r1 and r3 have abnormal None.
+    assert metrics["normal_abnormal_auc"] == pytest.approx(1.0)
+    assert (n["normal_abnormal_auc"], pos["normal_abnormal_auc"]) == (3, 2)
+    # Known negatives a2 (one box at 0.5 >= 0.3) and r3 (refused: no box).
+    assert metrics["false_boxes_per_negative"] == pytest.approx(0.5)
+    assert (n["false_boxes_per_negative"], pos["false_boxes_per_negative"]) == (2, 1)
+    # One severity pair: ρ undefined, and so is its curve's statistic.
+    assert metrics["opacity_percent_spearman"] is None and metrics["opacity_percent_spearman_n"] == 1
+    assert curves.severity_truth is not None and curves.severity_truth.tolist() == [3.0]
+    assert metrics["analysed_rate"] == pytest.approx(4 / 5)
+    assert metrics["not_analysed_reasons"] == {"not a chest radiograph": 1}
+    assert metrics["view_accuracy"] == pytest.approx(1.0) and n["view_accuracy"] == 5
+    # Study metrics: no record has a study label.
+    assert metrics["study_map"] is None and n["study_map"] == 0
+    by_source = metrics["counts_by_source"]
+    assert list(by_source) == ["real", "synthetic"]
+    assert by_source["real"]["images"] == 3 and by_source["real"]["with_boxes"] == 1
+    assert by_source["real"]["known_negative"] == 1 and by_source["real"]["analysed"] == 2
+    assert by_source["real"]["with_abnormal"] == 1 and by_source["real"]["with_severity"] == 1
+    assert by_source["synthetic"]["reference_boxes"] == 1 and by_source["synthetic"]["abnormal"] == 1
 
 
 class _ConstantAnalyzer:
@@ -313,3 +435,41 @@ def test_evaluate_dataset_reads_tiny_phantom_layout(tmp_path: Path) -> None:
     write_report(out, m, result.curves, manifest=result.manifest)
     assert json.loads((out / "metrics.json").read_text())["view_accuracy"] == pytest.approx(0.5)
     assert (out / "opacity_pr.png").stat().st_size > 0
+
+
+def test_cxr_evaluate_split_val_evaluates_only_validation_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cxr_models.inference.pipeline as pipeline
+    from cxr_models.datasets.sources import as_sources, read_sources
+
+    root = tiny_siim(tmp_path / "siim", phantom=True)
+    records = read_sources(as_sources([str(root)]))
+    # A split seed that puts some but not all of the three studies into the validation part.
+    seed = next(
+        s for s in range(100)
+        if 0 < len(select_split(records, split="val", val_fraction=0.5, split_seed=s)) < len(records)
+    )
+    val = select_split(records, split="val", val_fraction=0.5, split_seed=seed)
+    analyzer = _ConstantAnalyzer()
+    analyzer.manifest = {"version": "const-0", "models": {}, "reporting_threshold": {"score": 0.95}}
+    monkeypatch.setattr(pipeline.Analyzer, "load", classmethod(lambda cls, **kw: analyzer))
+    out = tmp_path / "out"
+    args = get_args_parser().parse_args(
+        ["--data", str(root), "--out", str(out), "--split", "val", "--val-fraction", "0.5",
+         "--split-seed", str(seed), "--no-progress"]
+    )
+    metrics = main(args)
+    assert metrics["counts"]["images"] == len(val) < len(records)
+    assert sum(analyzer.calls) == len(val)
+    assert all(in_validation(r, val_fraction=0.5, split_seed=seed) for r in val)
+    assert metrics["counts_by_source"]["siim"]["images"] == len(val)
+    data = json.loads((out / "metrics.json").read_text())["data"]
+    assert (data["split"], data["val_fraction"], data["split_seed"]) == ("val", 0.5, seed)
+    assert data["images_read"] == len(records) and data["sources"][0]["images"] == len(val)
+    # The manifest's reporting threshold (0.95) is above the constant box (0.9): no false box.
+    assert metrics["reporting_threshold"] == pytest.approx(0.95)
+    assert metrics["reporting_threshold_from"] == "manifest"
+    if metrics["n"]["false_boxes_per_negative"]:
+        assert metrics["false_boxes_per_negative"] == 0.0
+    report = (out / "report.md").read_text()
+    assert f"`{root}` — the validation part (`--split val`" in report
+    assert f"split seed {seed})" in report

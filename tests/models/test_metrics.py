@@ -12,7 +12,9 @@ from cxr_models.evaluation.metrics import (
     MaskOverlap,
     accuracy,
     average_precision,
+    boxes_per_image,
     confusion_matrix,
+    counts_at_threshold,
     dice,
     iou,
     iou_mask,
@@ -24,6 +26,7 @@ from cxr_models.evaluation.metrics import (
     roc_auc,
     roc_curve,
     siim_map,
+    spearman,
     summarize_segmentation,
 )
 from cxr_models.records import VIEWS, Box, ScoredBox
@@ -281,3 +284,57 @@ def test_mae() -> None:
 def test_results_are_json_safe() -> None:
     result = average_precision([[]], [[]])
     json.dumps({"ap": result.ap, "auc": roc_auc([1.0], [True])}, allow_nan=False)
+
+
+# ------------------------------------------------------------------ reporting threshold
+
+
+def test_boxes_per_negative_image_at_a_threshold() -> None:
+    negatives = [[sb(FAR, 0.9), sb(G1, 0.3)], [], [sb(FAR, 0.29)]]
+    # score >= threshold is shown: 0.3 counts at 0.3, 0.29 does not.
+    assert boxes_per_image(negatives, threshold=0.3) == pytest.approx(2 / 3)
+    assert boxes_per_image(negatives, threshold=0.0) == pytest.approx(1.0)
+    assert boxes_per_image(negatives, threshold=0.95) == 0.0
+    assert boxes_per_image([], threshold=0.3) is None
+
+
+def test_counts_at_threshold_match_like_ap() -> None:
+    # Image 0: a duplicate of G1 (lower score) is a false positive; image 1: a box below threshold is dropped.
+    preds = [[sb(G1, 0.9), sb(Box(0, 0, 10, 9), 0.8)], [sb(G1, 0.2)], [sb(FAR, 0.7)]]
+    truth = [[G1], [G1], []]
+    at = counts_at_threshold(preds, truth, threshold=0.5)
+    assert (at.n_predictions, at.true_positives, at.n_truth) == (3, 1, 2)
+    assert at.recall == pytest.approx(0.5) and at.precision == pytest.approx(1 / 3)
+    low = counts_at_threshold(preds, truth, threshold=0.1)
+    assert low.recall == pytest.approx(1.0)
+    none = counts_at_threshold([[]], [[]], threshold=0.5)
+    assert none.recall is None and none.precision is None
+    with pytest.raises(ValueError, match="same images"):
+        counts_at_threshold([[]], [], threshold=0.5)
+
+
+# ------------------------------------------------------------------ rank correlation
+
+
+def test_spearman_hand_computed() -> None:
+    # Ranks x 1 2 3 4, y 1 3 2 4: d² = 0 1 1 0, ρ = 1 − 6·2 / (4·15) = 0.8.
+    c = spearman([10.0, 20.0, 30.0, 40.0], [0.0, 5.0, 2.0, 8.0])
+    assert c.rho == pytest.approx(0.8) and c.n == 4
+    assert c.p_value is not None and 0.0 < c.p_value < 1.0
+    # Ties take mid-ranks: x ranks 1 2.5 2.5 4 against y 1 2 3 4 -> Pearson of the ranks.
+    tied = spearman([1.0, 2.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0])
+    assert tied.rho == pytest.approx(np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1])
+    assert spearman([3.0, 1.0, 2.0], [30.0, 10.0, 20.0]).rho == pytest.approx(1.0)
+    assert spearman([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]).rho == pytest.approx(-1.0)
+
+
+def test_spearman_undefined_cases() -> None:
+    assert spearman([], []).rho is None
+    assert spearman([1.0], [2.0]).rho is None
+    assert spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]).rho is None  # constant side: no ranking
+    two = spearman([1.0, 2.0], [5.0, 3.0])
+    assert two.rho == pytest.approx(-1.0) and two.p_value is None  # scipy gives no p-value for two pairs
+    with pytest.raises(ValueError, match="equal length"):
+        spearman([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="finite"):
+        spearman([1.0, math.nan], [1.0, 2.0])

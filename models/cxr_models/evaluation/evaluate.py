@@ -1,7 +1,13 @@
 """``cxr evaluate``: run the analyser over a labelled dataset and write metrics.json and report.md.
 
-``python -m cxr_models.evaluation.evaluate --data DIR --out DIR [--weights DIR] [--format auto]
-[--limit N] [--device auto] [--no-progress]``
+``python -m cxr_models.evaluation.evaluate --data PATH[,format=F][,weight=W] [--data ...] --out DIR
+[--split all|train|val] [--val-fraction 0.2] [--split-seed 0] [--reporting-threshold S]
+[--weights DIR] [--format auto] [--limit N] [--device auto] [--no-progress]``
+
+``--data`` repeats to evaluate several sources at once (see :mod:`cxr_models.datasets.sources`);
+``--split`` keeps only one part of the shared patient-hash split of
+:func:`cxr_models.train.data.select_split`, so ``--split val`` measures on exactly the images the
+trainers held out.
 
 The pure part is :func:`compute_metrics` (records + per-study outcomes -> metrics and curves). The
 I/O part (:func:`evaluate_dataset`) reads the images, runs the analyser study by study, and reduces
@@ -16,11 +22,22 @@ supported box/mask dataset is a frontal-only collection):
 * opacity APs and the ``none`` AP: frontal images with a box annotation (``boxes`` not None);
 * opacity % MAE and severity ROC: frontal images with a reference opacity % and a predicted one;
 * opacity Dice: frontal images with a reference opacity mask;
-* study metrics: studies with a reference label.
+* study metrics: studies with a reference label;
+* per-view recall (``view_accuracy_<view>``): images whose reference view is that view;
+* normal/abnormal AUC: studies where some image carries ``abnormal`` (the study is abnormal when
+  any image is), scored by 1 − P(negative) of the study classifier;
+* opacity % Spearman ρ: frontal images with a reference ``severity`` and a predicted opacity %;
+* false boxes per negative image: frontal images annotated as having no opacity (``boxes == ()``),
+  counting fused boxes with score ≥ the reporting threshold;
+* analysed rate and reasons: every frontal image.
 
-A frontal image the models did not analyse (predicted non-frontal) still counts: no boxes, an empty
-mask. A labelled study without any predicted frontal image scores 0 for every class (ranked last,
-wrong class) rather than being dropped.
+Every metric uses only the records that carry its label (a record with ``boxes`` None adds nothing
+to mAP, one with ``abnormal`` None nothing to the AUC); ``metrics["n"]`` holds the images (or
+studies) each metric used and ``metrics["n_positive"]`` their positives.
+
+A frontal image the models did not analyse (predicted non-frontal, or refused) still counts: no
+boxes, an empty mask. A labelled study without any predicted frontal image scores 0 for every class
+(ranked last, wrong class) and 0 for "abnormal" (nothing reported) rather than being dropped.
 """
 
 from __future__ import annotations
@@ -41,7 +58,9 @@ from cxr_models.evaluation.metrics import (
     PrecisionRecall,
     accuracy,
     average_precision,
+    boxes_per_image,
     confusion_matrix,
+    counts_at_threshold,
     macro_auc_ovr,
     mae,
     mask_overlap,
@@ -51,12 +70,15 @@ from cxr_models.evaluation.metrics import (
     roc_auc,
     roc_curve,
     siim_map,
+    spearman,
     summarize_segmentation,
 )
 from cxr_models.evaluation.report import ConfusionData, ReportCurves, summary_rows, write_report
 from cxr_models.records import STUDY_LABELS, VIEWS, ImageRecord, ScoredBox
+from cxr_models.train.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLITS, select_split
 
 if TYPE_CHECKING:
+    from cxr_models.datasets.sources import DataSource
     from cxr_models.inference.pipeline import Analyzer, ImagePrediction, StudyPrediction
 
 logger = logging.getLogger(__name__)
@@ -68,8 +90,16 @@ SEVERITY_CUTS: tuple[tuple[str, str, float, bool], ...] = (
     ("any", "opacity > 0 %", 0.0, False),
     ("severe", "opacity ≥ 25 %", 25.0, True),
 )
+# Fused-box score from which a box is shown to the reader, when the manifest has no "reporting_threshold".
+DEFAULT_REPORTING_THRESHOLD = 0.3
+# Name of the generator manifest PhantomCXR writes into each dataset it generates
+# (cxr_models.phantom.generate.MANIFEST; not imported so this module stays light).
+PHANTOM_MANIFEST = "phantom.json"
 SUMMARY_KEYS: tuple[str, ...] = (
     "view_accuracy",
+    "view_accuracy_frontal",
+    "view_accuracy_lateral",
+    "analysed_rate",
     "lung_dice",
     "opacity_map50",
     "opacity_map50_detector_a",
@@ -82,6 +112,10 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "opacity_percent_mae",
     "opacity_dice",
     "crop_fallback_rate",
+    "normal_abnormal_auc",
+    "opacity_percent_spearman",
+    "false_boxes_per_negative",
+    "opacity_recall_at_reporting_threshold",
 )
 
 
@@ -101,6 +135,7 @@ class ImageOutcome:
     opacity_percent: float | None
     lung_overlap: MaskOverlap | None = None
     opacity_overlap: MaskOverlap | None = None
+    reason: str | None = None
 
 
 # Picks one box source of an image outcome; None when that source was not produced for the image.
@@ -166,6 +201,42 @@ def _is_frontal(record: ImageRecord) -> bool:
     return record.view in (None, "frontal")
 
 
+def _study_abnormal(records: Sequence[ImageRecord]) -> bool | None:
+    """Abnormal when any image is, normal when some image is normal and none abnormal, else unknown."""
+    flags = [r.abnormal for r in records if r.abnormal is not None]
+    if not flags:
+        return None
+    return any(flags)
+
+
+def reason_prefix(outcome: ImageOutcome) -> str:
+    """Why an image was not analysed, as the part of its reason before the first ':'.
+
+    Without a reason (an analyser that does not give one) a frontal the view model took for
+    another view reads ``predicted <view>``.
+    """
+    if outcome.reason:
+        return outcome.reason.split(":", 1)[0].strip() or outcome.reason
+    if outcome.view != "frontal":
+        return f"predicted {outcome.view}"
+    return "unknown"
+
+
+def reporting_threshold_of(manifest: Mapping[str, Any] | None, override: float | None = None) -> float:
+    """The fused-box reporting threshold: ``override``, else the manifest's
+    ``"reporting_threshold"``/``"score"``, else :data:`DEFAULT_REPORTING_THRESHOLD`."""
+    if override is not None:
+        return float(override)
+    chosen = (manifest or {}).get("reporting_threshold")
+    if isinstance(chosen, Mapping) and chosen.get("score") is not None:
+        return float(chosen["score"])
+    return DEFAULT_REPORTING_THRESHOLD
+
+
+def _source_name(record: ImageRecord) -> str:
+    return record.source if record.source is not None else "unknown"
+
+
 # --------------------------------------------------------------------------- prediction -> outcome
 
 
@@ -194,6 +265,7 @@ def image_outcome(
         opacity_percent=None if prediction.opacity_percent is None else float(prediction.opacity_percent),
         lung_overlap=_overlap(prediction.lung_mask, lung_truth),
         opacity_overlap=_overlap(prediction.opacity_mask, opacity_truth),
+        reason=getattr(prediction, "reason", None),
     )
 
 
@@ -239,12 +311,17 @@ def _detection_ap(
 def compute_metrics(
     records: Sequence[ImageRecord],
     predictions: Mapping[str, StudyOutcome],
+    *,
+    reporting_threshold: float = DEFAULT_REPORTING_THRESHOLD,
 ) -> tuple[dict[str, Any], ReportCurves]:
     """Every metric and plot input from the records and the per-study outcomes.
 
     ``predictions`` maps :func:`study_key` to the study's outcome, whose images follow the order of
-    :func:`group_studies`. Returns the flat metrics dictionary (scalars at the top level, sample
-    counts under ``"n"``, dataset counts under ``"counts"``) and the curves for the report.
+    :func:`group_studies`. ``reporting_threshold`` is the fused-box score from which a box is shown
+    (false boxes per negative image and recall at that threshold). Returns the flat metrics
+    dictionary (scalars at the top level, sample counts under ``"n"``, positives under
+    ``"n_positive"``, dataset counts under ``"counts"`` and ``"counts_by_source"``) and the curves
+    for the report.
     """
     groups = group_studies(records)
     pairs: list[tuple[ImageRecord, ImageOutcome]] = []
@@ -262,18 +339,30 @@ def compute_metrics(
 
     metrics: dict[str, Any] = {}
     n: dict[str, int] = {}
+    n_pos: dict[str, int] = {}
     curves: dict[str, Any] = {}
 
-    # View.
+    # View: overall accuracy and the recall of each reference view.
     viewed = [(r.view, o.view) for r, o in pairs if r.view is not None]
     metrics["view_accuracy"] = accuracy([t for t, _ in viewed], [p for _, p in viewed])
     n["view_accuracy"] = len(viewed)
+    for view in VIEWS:
+        of_view = [p for t, p in viewed if t == view]
+        metrics[f"view_accuracy_{view}"] = accuracy([view] * len(of_view), of_view)
+        n[f"view_accuracy_{view}"] = n_pos[f"view_accuracy_{view}"] = len(of_view)
     if viewed:
         curves["view_confusion"] = ConfusionData(
             VIEWS, confusion_matrix([t for t, _ in viewed], [p for _, p in viewed], VIEWS)
         )
 
     frontal = [(r, o) for r, o in pairs if _is_frontal(r)]
+
+    # Which frontal images the models analysed, and why not the others.
+    metrics["analysed_rate"] = mean_defined([1.0 if o.analysed else 0.0 for _, o in frontal])
+    n["analysed_rate"] = len(frontal)
+    n_pos["analysed_rate"] = sum(1 for _, o in frontal if o.analysed)
+    reasons = Counter(reason_prefix(o) for _, o in frontal if not o.analysed)
+    metrics["not_analysed_reasons"] = dict(sorted(reasons.items()))
 
     # Lungs.
     lung = summarize_segmentation([o.lung_overlap for _, o in frontal if o.lung_overlap is not None])
@@ -290,16 +379,36 @@ def compute_metrics(
         "opacity_map50_no_crop": ("ensemble, no crop", lambda o: o.opacities_no_crop),
     }
     opacity_pr: dict[str, PrecisionRecall] = {}
+    n_reference_boxes = sum(len(r.boxes or ()) for r, _ in annotated)
     for key, (label, select) in sources.items():
         result = _detection_ap(annotated, select) if annotated else None
         metrics[key] = None if result is None else result.ap
         n[key] = len(annotated)
+        n_pos[key] = n_reference_boxes
         if result is not None:
             opacity_pr[label] = result
     positives_none = [len(r.boxes or ()) == 0 for r, _ in annotated]
     none_result = ranking_average_precision(none_scores([o.opacities for _, o in annotated]), positives_none)
     metrics["none_ap"] = none_result.ap
     n["none_ap"] = len(annotated)
+    n_pos["none_ap"] = int(sum(positives_none))
+
+    # What a reader sees at the reporting threshold: false boxes on known negatives, recall on the rest.
+    shown = [o.opacities if o.analysed else () for _, o in annotated]
+    negatives = [boxes for (r, _), boxes in zip(annotated, shown, strict=True) if r.boxes == ()]
+    metrics["reporting_threshold"] = float(reporting_threshold)
+    metrics["false_boxes_per_negative"] = boxes_per_image(negatives, threshold=reporting_threshold)
+    n["false_boxes_per_negative"] = len(negatives)
+    n_pos["false_boxes_per_negative"] = sum(
+        1 for boxes in negatives if any(b.score >= reporting_threshold for b in boxes)
+    )
+    at_threshold = counts_at_threshold(shown, [r.boxes or () for r, _ in annotated], threshold=reporting_threshold)
+    metrics["opacity_recall_at_reporting_threshold"] = at_threshold.recall
+    metrics["opacity_precision_at_reporting_threshold"] = at_threshold.precision
+    n["opacity_recall_at_reporting_threshold"] = len(annotated) - len(negatives)
+    n_pos["opacity_recall_at_reporting_threshold"] = at_threshold.n_truth
+    n["opacity_precision_at_reporting_threshold"] = len(annotated)
+    n_pos["opacity_precision_at_reporting_threshold"] = at_threshold.n_predictions
 
     # Study class.
     labelled = [(lab, o) for _, lab, o in studies if lab is not None]
@@ -313,13 +422,25 @@ def compute_metrics(
         positives = [lab == c for lab in labels]
         study_aps[c] = ranking_average_precision(probs[:, k], positives).ap
         metrics[f"study_ap_{c}"] = study_aps[c]
-        n[f"study_ap_{c}"] = int(sum(positives))
+        n[f"study_ap_{c}"] = n_pos[f"study_ap_{c}"] = int(sum(positives))
         if labelled:
             study_roc[c] = roc_curve(probs[:, k], positives)
     metrics["study_map"] = mean_defined(list(study_aps.values()))
     metrics["study_macro_auc"] = macro_auc_ovr(probs, labels, STUDY_LABELS) if labelled else None
     metrics["study_accuracy"] = accuracy(labels, [o.label for _, o in labelled])
     n["study_map"] = n["study_macro_auc"] = n["study_accuracy"] = len(labelled)
+
+    # Normal vs abnormal per study: 1 - P(negative); a study without a frontal prediction scores 0.
+    with_abnormal = [(flag, o) for flag, o in ((_study_abnormal(recs), predictions[key]) for key, recs in groups.items())
+                     if flag is not None]
+    abnormal_truth = [flag for flag, _ in with_abnormal]
+    p_abnormal = [
+        0.0 if o.probabilities is None else 1.0 - float(o.probabilities.get("negative", 0.0)) for _, o in with_abnormal
+    ]
+    metrics["normal_abnormal_auc"] = roc_auc(p_abnormal, abnormal_truth) if with_abnormal else None
+    n["normal_abnormal_auc"] = len(with_abnormal)
+    n_pos["normal_abnormal_auc"] = int(sum(abnormal_truth))
+    normal_abnormal_roc = roc_curve(p_abnormal, abnormal_truth) if with_abnormal else None
     classified = [(lab, o.label) for lab, o in labelled if o.label is not None]
     if classified:
         curves["study_confusion"] = ConfusionData(
@@ -343,6 +464,17 @@ def compute_metrics(
         if measured:
             severity_roc[title] = roc_curve(pred_pct, positives)
 
+    # Opacity % against the covid-severity geographic extent score (0-8): a rank correlation.
+    with_severity = [(r, o) for r, o in frontal if r.severity is not None]
+    severity_pairs = [(float(r.severity), o.opacity_percent) for r, o in with_severity if o.opacity_percent is not None]
+    severity_truth = np.array([t for t, _ in severity_pairs], dtype=np.float64)
+    severity_pred = np.array([p for _, p in severity_pairs], dtype=np.float64)
+    correlation = spearman(severity_pred, severity_truth)
+    metrics["opacity_percent_spearman"] = correlation.rho
+    metrics["opacity_percent_spearman_p"] = correlation.p_value
+    metrics["opacity_percent_spearman_n"] = correlation.n
+    n["opacity_percent_spearman"] = n["opacity_percent_spearman_p"] = correlation.n
+
     # Opacity masks.
     opacity = summarize_segmentation([o.opacity_overlap for _, o in frontal if o.opacity_overlap is not None])
     metrics["opacity_dice"] = opacity.dice_nonempty
@@ -361,6 +493,7 @@ def compute_metrics(
     view_counts = Counter(r.view or "unknown" for r, _ in pairs)
     class_counts = Counter(labels)
     metrics["n"] = n
+    metrics["n_positive"] = n_pos
     metrics["counts"] = {
         "images": len(pairs),
         "studies": len(studies),
@@ -376,7 +509,16 @@ def compute_metrics(
         "analysed_images": len(analysed),
         "crop_fallbacks": sum(1 for o in analysed if o.crop_fallback),
         "labelled_studies_without_frontal_prediction": sum(1 for _, o in labelled if o.probabilities is None),
+        "images_known_negative": len(negatives),
+        "frontal_images": len(frontal),
+        "frontal_images_not_analysed": len(frontal) - sum(1 for _, o in frontal if o.analysed),
+        "studies_with_abnormal_label": len(with_abnormal),
+        "abnormal_studies": int(sum(abnormal_truth)),
+        "abnormal_labelled_studies_without_frontal_prediction": sum(1 for _, o in with_abnormal if o.probabilities is None),
+        "images_with_severity": len(with_severity),
+        "images_with_severity_without_predicted_opacity_percent": len(with_severity) - len(severity_pairs),
     }
+    metrics["counts_by_source"] = counts_by_source(pairs)
     report_curves = ReportCurves(
         opacity_pr=opacity_pr,
         view_confusion=curves.get("view_confusion"),
@@ -385,15 +527,121 @@ def compute_metrics(
         severity_roc=severity_roc,
         opacity_percent_truth=truth_pct if measured else None,
         opacity_percent_predicted=pred_pct if measured else None,
+        normal_abnormal_roc=normal_abnormal_roc,
+        severity_truth=severity_truth if severity_pairs else None,
+        severity_predicted=severity_pred if severity_pairs else None,
+        severity_spearman=correlation.rho,
     )
     return metrics, report_curves
+
+
+def counts_by_source(pairs: Sequence[tuple[ImageRecord, ImageOutcome]]) -> dict[str, dict[str, int]]:
+    """Per data source: how many images, studies and labels of each kind it brought."""
+    out: dict[str, dict[str, int]] = {}
+    studies: dict[str, set[str]] = {}
+    for record, outcome in pairs:
+        name = _source_name(record)
+        row = out.setdefault(name, dict.fromkeys(SOURCE_COUNT_KEYS, 0))
+        studies.setdefault(name, set()).add(study_key(record))
+        row["images"] += 1
+        frontal = _is_frontal(record)
+        row["frontal"] += int(frontal)
+        row["analysed"] += int(frontal and outcome.analysed)
+        row["with_view"] += int(record.view is not None)
+        row["with_boxes"] += int(frontal and record.boxes is not None)
+        row["known_negative"] += int(frontal and record.boxes == ())
+        row["reference_boxes"] += len(record.boxes or ()) if frontal else 0
+        row["with_abnormal"] += int(record.abnormal is not None)
+        row["abnormal"] += int(record.abnormal is True)
+        row["with_severity"] += int(frontal and record.severity is not None)
+        row["with_study_label"] += int(record.study_label is not None)
+        row["with_opacity_percent"] += int(frontal and record.opacity_percent is not None)
+        row["with_lung_mask"] += int(frontal and bool(record.lung_mask))
+    for name, row in out.items():
+        row["studies"] = len(studies[name])
+    return dict(sorted(out.items()))
+
+
+SOURCE_COUNT_KEYS: tuple[str, ...] = (
+    "images",
+    "studies",
+    "frontal",
+    "analysed",
+    "with_view",
+    "with_boxes",
+    "known_negative",
+    "reference_boxes",
+    "with_abnormal",
+    "abnormal",
+    "with_severity",
+    "with_study_label",
+    "with_opacity_percent",
+    "with_lung_mask",
+)
+
+
+# --------------------------------------------------------------------------- data selection (shared with the tuners)
+
+
+def add_data_args(parser: argparse.ArgumentParser, *, default_split: str | None, split_help: str) -> None:
+    """``--data`` (repeatable specs), ``--format`` and the shared split options."""
+    parser.add_argument(
+        "--data", action="append", required=True, metavar="PATH[,format=F][,weight=W][,name=N]",
+        help="a dataset root (PhantomCXR or a supported layout); repeat to use several sources",
+    )
+    parser.add_argument("--format", default="auto", help="default dataset layout of the --data sources (auto: detected)")
+    parser.add_argument("--split", choices=SPLITS, default=default_split, help=split_help)
+    parser.add_argument(
+        "--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+        help="fraction of patients in the validation part (the trainers' patient-hash split)",
+    )
+    parser.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED, help="seed of the patient hash")
+
+
+def parse_sources(data: Any, *, default_format: str = "auto") -> list[DataSource]:
+    """``--data`` values (paths, specs or sources) as :class:`DataSource` objects."""
+    from cxr_models.datasets.sources import as_sources
+
+    return as_sources(data, default_format=default_format)
+
+
+def is_phantom_source(source: DataSource) -> bool:
+    """Whether the source is a PhantomCXR folder (it holds the generator's ``phantom.json``)."""
+    return (Path(source.root) / PHANTOM_MANIFEST).is_file()
+
+
+def resolve_tuning_split(split: str | None, sources: Sequence[DataSource]) -> str:
+    """The split a tuner uses: ``split`` when given; by default the validation part, except for a
+    single PhantomCXR source, which is a separately generated validation set and used whole."""
+    if split is not None:
+        return split
+    if len(sources) == 1 and is_phantom_source(sources[0]):
+        return "all"
+    return "val"
+
+
+def split_info(split: str, *, val_fraction: float, split_seed: int) -> dict[str, Any]:
+    """How the records were selected, as recorded in metrics.json and the manifest."""
+    return {"split": split, "val_fraction": val_fraction, "split_seed": split_seed}
+
+
+def select_records(
+    sources: Sequence[DataSource], *, split: str, val_fraction: float, split_seed: int
+) -> tuple[list[ImageRecord], int]:
+    """The records of ``split`` over every source, and how many records the sources hold in all."""
+    from cxr_models.datasets.sources import read_sources
+
+    everything = read_sources(sources)
+    chosen = select_split(everything, split=split, val_fraction=val_fraction, split_seed=split_seed)
+    logger.info("split %s: %d of %d images", split, len(chosen), len(everything))
+    return chosen, len(everything)
 
 
 # --------------------------------------------------------------------------- I/O
 
 
 def evaluate_dataset(
-    data: Path,
+    data: Any,
     *,
     weights: Path | None = None,
     data_format: str = "auto",
@@ -401,28 +649,40 @@ def evaluate_dataset(
     device: str = "auto",
     show_progress: bool = True,
     analyzer: Analyzer | None = None,
+    split: str = "all",
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    split_seed: int = DEFAULT_SPLIT_SEED,
+    reporting_threshold: float | None = None,
 ) -> EvaluationResult:
-    """Read the dataset, run the analyser on every study and compute the metrics.
+    """Read the data sources, keep the ``split`` part, run the analyser on every study and compute the metrics.
 
-    ``analyzer`` defaults to ``Analyzer.load(weights_dir=weights, device=device)``; pass one to reuse
-    loaded models (any object with ``manifest`` and ``analyze_study(images, no_crop_ablation=...)``).
-    The dataset readers and the analyser are imported here, not at module level, so the pure
-    metric code imports without the model stack.
+    ``data`` is one or several paths or ``PATH[,format=F][,weight=W]`` specs (``data_format`` is
+    their default layout). ``reporting_threshold`` overrides the manifest's. ``analyzer`` defaults
+    to ``Analyzer.load(weights_dir=weights, device=device)``; pass one to reuse loaded models (any
+    object with ``manifest`` and ``analyze_study(images, no_crop_ablation=...)``). The dataset
+    readers and the analyser are imported here, not at module level, so the pure metric code
+    imports without the model stack.
     """
-    from cxr_models.datasets import load_image, load_lung_mask, load_opacity_mask, read_dataset
+    from cxr_models.datasets import load_image, load_lung_mask, load_opacity_mask
     from cxr_models.train.common import progress
 
-    records = read_dataset(Path(data), format=data_format)
+    sources = parse_sources(data, default_format=data_format)
+    records, n_read = select_records(sources, split=split, val_fraction=val_fraction, split_seed=split_seed)
     if not records:
-        raise ValueError(f"data {str(data)!r} holds no image records (format {data_format!r})")
+        raise ValueError(
+            f"data {[s.spec() for s in sources]} holds no image records in split {split!r} "
+            f"(format {data_format!r}, {n_read} records in all)"
+        )
     groups = limit_studies(group_studies(records), limit)
     kept = [r for recs in groups.values() for r in recs]
-    logger.info("evaluating %d images in %d studies from %s", len(kept), len(groups), data)
+    logger.info("evaluating %d images in %d studies from %s", len(kept), len(groups), ", ".join(s.spec() for s in sources))
 
     if analyzer is None:
         from cxr_models.inference.pipeline import Analyzer
 
         analyzer = Analyzer.load(weights_dir=weights, device=device)
+    manifest = dict(analyzer.manifest)
+    threshold = reporting_threshold_of(manifest, reporting_threshold)
     outcomes: dict[str, StudyOutcome] = {}
     for key, recs in progress(groups.items(), desc="evaluate", total=len(groups), disable=not show_progress):
         images = [load_image(r) for r in recs]
@@ -433,10 +693,27 @@ def evaluate_dataset(
         opacity_truth = [load_opacity_mask(r, shape=img.shape) for r, img in zip(recs, images, strict=True)]
         outcomes[key] = study_outcome(prediction, lung_truth=lung_truth, opacity_truth=opacity_truth)
 
-    metrics, curves = compute_metrics(kept, outcomes)
-    manifest = dict(analyzer.manifest)
+    metrics, curves = compute_metrics(kept, outcomes, reporting_threshold=threshold)
     metrics["model_version"] = manifest.get("version")
-    metrics["data"] = {"root": str(data), "format": data_format, "limit": limit}
+    if reporting_threshold is not None:
+        metrics["reporting_threshold_from"] = "--reporting-threshold"
+    elif isinstance(manifest.get("reporting_threshold"), Mapping):
+        metrics["reporting_threshold_from"] = "manifest"
+    else:
+        metrics["reporting_threshold_from"] = "default"
+    evaluated = Counter(_source_name(r) for r in kept)
+    data_info: dict[str, Any] = {
+        "sources": [
+            {"spec": s.spec(), "name": s.label, "format": s.format, "images": evaluated.get(s.label, 0)} for s in sources
+        ],
+        "format": data_format,
+        "limit": limit,
+        **split_info(split, val_fraction=val_fraction, split_seed=split_seed),
+        "images_read": n_read,
+    }
+    if len(sources) == 1:
+        data_info = {"root": str(sources[0].root), **data_info}
+    metrics["data"] = data_info
     return EvaluationResult(metrics=metrics, curves=curves, manifest=manifest)
 
 
@@ -460,11 +737,17 @@ def write_metrics(out_dir: Path, metrics: Mapping[str, Any]) -> Path:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Evaluate the cxr models on a labelled dataset")
-    parser.add_argument("--data", type=Path, required=True, help="dataset root (PhantomCXR or a supported layout)")
+    parser = argparse.ArgumentParser(description="Evaluate the cxr models on labelled data")
+    add_data_args(
+        parser, default_split="all",
+        split_help="which part of the shared patient-hash split to evaluate (default: all records)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder for metrics.json, report.md and plots")
     parser.add_argument("--weights", type=Path, default=None, help="weights folder (default: shipped weights)")
-    parser.add_argument("--format", default="auto", help="dataset layout: auto, siim, rsna, lungmasks, padchest")
+    parser.add_argument(
+        "--reporting-threshold", type=float, default=None,
+        help=f"fused-box score from which boxes are reported (default: the manifest's, else {DEFAULT_REPORTING_THRESHOLD})",
+    )
     parser.add_argument("--limit", type=int, default=None, help="at most this many images (whole studies, in order)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="disable the progress bar")
@@ -480,11 +763,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         limit=args.limit,
         device=args.device,
         show_progress=not args.no_progress,
+        split=args.split,
+        val_fraction=args.val_fraction,
+        split_seed=args.split_seed,
+        reporting_threshold=args.reporting_threshold,
     )
     metrics_path = write_metrics(args.out, result.metrics)
     report_path = write_report(args.out, result.metrics, result.curves, manifest=result.manifest)
     counts = result.metrics["counts"]
-    print(f"cxr evaluate: {counts['images']} images, {counts['studies']} studies, weights {result.metrics['model_version']}")
+    data = result.metrics["data"]
+    print(
+        f"cxr evaluate: {counts['images']} images, {counts['studies']} studies (split {data['split']}), "
+        f"weights {result.metrics['model_version']}, reporting threshold {result.metrics['reporting_threshold']:g}"
+    )
     rows = summary_rows(result.metrics, SUMMARY_KEYS)
     width = max(len(title) for title, _ in rows)
     for title, value in rows:

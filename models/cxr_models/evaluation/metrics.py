@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import rankdata, spearmanr
 
 from cxr_models.records import STUDY_LABELS, Box, ScoredBox
 
@@ -147,6 +147,61 @@ def average_precision(
         hits.append(_match_image(preds, gts, iou_threshold=iou_threshold))
     flags = np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
     return _pr_from_ranked(np.asarray(scores, dtype=np.float64), flags, n_truth=n_truth)
+
+
+def boxes_at_threshold(boxes: Sequence[ScoredBox], threshold: float) -> list[ScoredBox]:
+    """The boxes a reader is shown at a reporting threshold: score ≥ ``threshold``."""
+    return [b for b in boxes if b.score >= threshold]
+
+
+def boxes_per_image(predictions: Sequence[Sequence[ScoredBox]], *, threshold: float) -> float | None:
+    """Mean number of boxes with score ≥ ``threshold`` per image; None when there is no image.
+
+    Over images known to hold no opacity (ground truth ``()``) every such box is a false one, so this
+    is the false boxes per negative image a reader would see at that reporting threshold.
+    """
+    if not predictions:
+        return None
+    return float(np.mean([len(boxes_at_threshold(p, threshold)) for p in predictions]))
+
+
+@dataclass(frozen=True)
+class ThresholdCounts:
+    """Box counts at one reporting threshold: kept predictions, true positives and ground-truth boxes."""
+
+    n_predictions: int
+    true_positives: int
+    n_truth: int
+
+    @property
+    def recall(self) -> float | None:
+        return None if self.n_truth == 0 else self.true_positives / self.n_truth
+
+    @property
+    def precision(self) -> float | None:
+        return None if self.n_predictions == 0 else self.true_positives / self.n_predictions
+
+
+def counts_at_threshold(
+    predictions: Sequence[Sequence[ScoredBox]],
+    truth: Sequence[Sequence[Box]],
+    *,
+    threshold: float,
+    iou_threshold: float = 0.5,
+) -> ThresholdCounts:
+    """True positives among the boxes with score ≥ ``threshold``, matched as in :func:`average_precision`
+    (per image, greedy by score, IoU > ``iou_threshold``, each ground-truth box once)."""
+    if len(predictions) != len(truth):
+        raise ValueError(
+            f"predictions and truth must list the same images, got {len(predictions)} and {len(truth)}"
+        )
+    n_pred = tp = n_truth = 0
+    for preds, gts in zip(predictions, truth, strict=True):
+        kept = boxes_at_threshold(preds, threshold)
+        n_pred += len(kept)
+        n_truth += len(gts)
+        tp += int(_match_image(kept, gts, iou_threshold=iou_threshold).sum())
+    return ThresholdCounts(n_predictions=n_pred, true_positives=tp, n_truth=n_truth)
 
 
 def ranking_average_precision(scores: Sequence[float], positives: Sequence[bool]) -> PrecisionRecall:
@@ -394,6 +449,36 @@ def macro_auc_ovr(probabilities: np.ndarray, labels: Sequence[str], classes: Seq
 
 
 # --------------------------------------------------------------------------- regression
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """A rank correlation with its two-sided p-value (None where undefined) and the number of pairs."""
+
+    rho: float | None
+    p_value: float | None
+    n: int
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> Correlation:
+    """Spearman's ρ (Pearson correlation of the mid-ranks) and scipy's two-sided p-value.
+
+    ``rho`` is None with fewer than two pairs or when either side is constant (no ranking);
+    ``p_value`` is None where scipy gives none (NaN, e.g. with two pairs).
+    """
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(y, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"x and y must be 1-D of equal length, got {a.shape} and {b.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError("x and y must be finite")
+    n = int(a.size)
+    if n < 2 or np.all(a == a[0]) or np.all(b == b[0]):
+        return Correlation(rho=None, p_value=None, n=n)
+    result = spearmanr(a, b)
+    rho, p = float(result.statistic), float(result.pvalue)
+    return Correlation(rho=rho, p_value=None if not np.isfinite(p) else p, n=n)
+
 
 
 def mae(predicted: Sequence[float], truth: Sequence[float]) -> float | None:

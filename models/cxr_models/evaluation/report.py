@@ -26,6 +26,14 @@ REPORT_NAME = "report.md"
 # Metric key -> (short title, definition). The report table lists these in this order.
 METRIC_DEFINITIONS: dict[str, tuple[str, str]] = {
     "view_accuracy": ("View accuracy", "Fraction of images with a view label (frontal / lateral / other) whose predicted view is right."),
+    "view_accuracy_frontal": ("View recall: frontal", "Fraction of images labelled frontal that are predicted frontal."),
+    "view_accuracy_lateral": ("View recall: lateral", "Fraction of images labelled lateral that are predicted lateral."),
+    "view_accuracy_other": ("View recall: other", "Fraction of images labelled other (non-chest) that are predicted other."),
+    "analysed_rate": (
+        "Analysed rate",
+        "Fraction of frontal images (reference view frontal or unknown) the models analysed; the others were "
+        "taken for another view or refused (reasons listed below the table).",
+    ),
     "lung_dice": (
         "Lung Dice",
         "Mean per-image Dice 2|P∩T|/(|P|+|T|) of the predicted lung mask over frontal images with a non-empty "
@@ -64,6 +72,25 @@ METRIC_DEFINITIONS: dict[str, tuple[str, str]] = {
         "Mean one-vs-rest ROC AUC (Mann–Whitney, ties ½) of the four study classes over labelled studies.",
     ),
     "study_accuracy": ("Study accuracy", "Fraction of labelled studies whose predicted class is right (no frontal image = wrong)."),
+    "normal_abnormal_auc": (
+        "Normal/abnormal AUC",
+        "ROC AUC of p(abnormal) = 1 − P(negative) of the study classifier against the studies' abnormal label "
+        "(abnormal when any image is; images without the label ignored); a study without a frontal prediction scores 0.",
+    ),
+    "reporting_threshold": ("Reporting threshold", "Fused-box score from which an opacity box is reported (manifest, else 0.3, or --reporting-threshold)."),
+    "false_boxes_per_negative": (
+        "False boxes per negative image",
+        "Mean number of fused boxes with score ≥ the reporting threshold on frontal images annotated as having no "
+        "opacity (boxes = ()); n = negative images, positives = negatives with at least one such box.",
+    ),
+    "opacity_recall_at_reporting_threshold": (
+        "Opacity recall at the reporting threshold",
+        "Fraction of reference boxes matched (IoU > 0.5, greedy by score) by a fused box with score ≥ the reporting threshold.",
+    ),
+    "opacity_precision_at_reporting_threshold": (
+        "Opacity precision at the reporting threshold",
+        "Fraction of the fused boxes with score ≥ the reporting threshold (annotated frontal images) that match a reference box.",
+    ),
     "opacity_percent_mae": (
         "Opacity % MAE",
         "Mean absolute error, in percentage points, of the predicted opacity % of the lung area over frontal "
@@ -77,6 +104,13 @@ METRIC_DEFINITIONS: dict[str, tuple[str, str]] = {
         "Opacity % AUC (severe)",
         "ROC AUC of the predicted opacity % as a score for reference opacity % ≥ 25.",
     ),
+    "opacity_percent_spearman": (
+        "Opacity % vs severity, Spearman ρ",
+        "Spearman rank correlation of the predicted opacity % with the covid-severity geographic extent score (0–8) "
+        "over frontal images with a severity score and a predicted opacity %.",
+    ),
+    "opacity_percent_spearman_p": ("Opacity % vs severity, p-value", "Two-sided p-value of the Spearman ρ above (scipy)."),
+    "opacity_percent_spearman_n": ("Opacity % vs severity, pairs", "Number of image pairs behind the Spearman ρ."),
     "opacity_dice": (
         "Opacity Dice (non-empty reference)",
         "Mean per-image Dice of the opacity mask over frontal images whose reference opacity mask is non-empty.",
@@ -123,6 +157,10 @@ class ReportCurves:
     severity_roc: Mapping[str, RocCurve] = field(default_factory=dict)
     opacity_percent_truth: np.ndarray | None = None
     opacity_percent_predicted: np.ndarray | None = None
+    normal_abnormal_roc: RocCurve | None = None
+    severity_truth: np.ndarray | None = None
+    severity_predicted: np.ndarray | None = None
+    severity_spearman: float | None = None
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -226,6 +264,24 @@ def plot_scatter(truth: np.ndarray, predicted: np.ndarray, path: Path, *, title:
     return _save(fig, path)
 
 
+def plot_severity_scatter(
+    severity: np.ndarray, predicted: np.ndarray, path: Path, *, rho: float | None, title: str
+) -> Path | None:
+    """Predicted opacity % against the covid-severity geographic extent score (0–8), with Spearman ρ."""
+    if severity.size == 0:
+        return None
+    fig = _figure(4.8, 4.5)
+    ax = fig.add_subplot()
+    ax.scatter(severity, predicted, s=14, alpha=0.7)
+    ax.set_xlim(-0.3, 8.3)
+    ax.set_ylim(0.0, max(float(np.max(predicted)), 1.0) * 1.05)
+    ax.set_xlabel("severity: geographic extent score (0–8)")
+    ax.set_ylabel("predicted opacity % of lung area")
+    ax.set_title(f"{title} (Spearman ρ {_fmt(rho)}, n {severity.size})")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def write_plots(out_dir: Path, curves: ReportCurves) -> dict[str, Path]:
     """Draw every plot the curves allow into ``out_dir``; returns title -> PNG path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -253,6 +309,21 @@ def write_plots(out_dir: Path, curves: ReportCurves) -> dict[str, Path]:
             out_dir / "opacity_percent_scatter.png",
             title="Opacity % of lung area",
         ),
+        "Normal vs abnormal studies, ROC": None
+        if curves.normal_abnormal_roc is None
+        else plot_roc_curves(
+            {"1 − P(negative)": curves.normal_abnormal_roc}, out_dir / "roc_normal_abnormal.png",
+            title="Abnormal study (any image abnormal)",
+        ),
+        "Predicted opacity % vs severity score": None
+        if curves.severity_truth is None or curves.severity_predicted is None
+        else plot_severity_scatter(
+            curves.severity_truth,
+            curves.severity_predicted,
+            out_dir / "opacity_percent_severity.png",
+            rho=curves.severity_spearman,
+            title="Opacity % vs severity",
+        ),
     }
     return {title: path for title, path in plots.items() if path is not None}
 
@@ -274,21 +345,65 @@ def _cell(text: str) -> str:
 
 def _metrics_table(metrics: Mapping[str, Any]) -> list[str]:
     counts = metrics.get("n", {}) if isinstance(metrics.get("n"), Mapping) else {}
-    lines = ["| metric | value | n | definition |", "|---|---|---|---|"]
+    positives = metrics.get("n_positive", {}) if isinstance(metrics.get("n_positive"), Mapping) else {}
+
+    def count(table: Mapping[str, Any], key: str) -> str:
+        value = table.get(key)
+        return _value_cell(value) if value is not None else ""
+
+    lines = ["| metric | value | n | positives | definition |", "|---|---|---|---|---|"]
     for key, (title, definition) in METRIC_DEFINITIONS.items():
         if key in metrics:
-            n = counts.get(key)
-            n_cell = _value_cell(n) if n is not None else ""
-            lines.append(f"| {_cell(title)} (`{key}`) | {_value_cell(metrics[key])} | {n_cell} | {_cell(definition)} |")
+            lines.append(
+                f"| {_cell(title)} (`{key}`) | {_value_cell(metrics[key])} | {count(counts, key)} | "
+                f"{count(positives, key)} | {_cell(definition)} |"
+            )
     others = [
         k
         for k, v in metrics.items()
         if k not in METRIC_DEFINITIONS and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
     ]
     for key in sorted(others):
-        n_cell = _value_cell(counts.get(key)) if key in counts else ""
-        lines.append(f"| `{key}` | {_value_cell(metrics[key])} | {n_cell} | |")
+        lines.append(f"| `{key}` | {_value_cell(metrics[key])} | {count(counts, key)} | {count(positives, key)} | |")
     return lines
+
+
+def _source_table(metrics: Mapping[str, Any]) -> list[str]:
+    """One row per data source: what it brought to the evaluation."""
+    by_source = metrics.get("counts_by_source")
+    if not isinstance(by_source, Mapping) or not by_source:
+        return []
+    columns: list[str] = []
+    for row in by_source.values():
+        columns += [c for c in row if c not in columns]
+    lines = ["| source | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name, row in by_source.items():
+        lines.append(f"| {_cell(str(name))} | " + " | ".join(_value_cell(row.get(c, 0)) for c in columns) + " |")
+    return lines
+
+
+def data_header(metrics: Mapping[str, Any]) -> str:
+    """One line naming the data sources and the split that were evaluated."""
+    data = metrics.get("data") if isinstance(metrics.get("data"), Mapping) else {}
+    sources = data.get("sources")
+    if isinstance(sources, (list, tuple)) and sources:
+        names = [str(s.get("spec", s.get("name", "?"))) if isinstance(s, Mapping) else str(s) for s in sources]
+    elif data.get("root") is not None:
+        names = [str(data["root"])]
+    else:
+        names = ["unknown"]
+    split = data.get("split", "all")
+    if split in ("train", "val"):
+        part = "validation" if split == "val" else "training"
+        split_text = (
+            f"the {part} part (`--split {split}`: patient-hash split, validation fraction "
+            f"{_value_cell(data.get('val_fraction'))}, split seed {_value_cell(data.get('split_seed'))})"
+        )
+    else:
+        split_text = "all records (`--split all`)"
+    limit = data.get("limit")
+    limit_text = "" if limit is None else f", at most {limit} images"
+    return "**Data:** " + ", ".join(f"`{n}`" for n in names) + f" — {split_text}{limit_text}."
 
 
 def _mapping_lines(mapping: Mapping[str, Any], *, indent: str = "") -> list[str]:
@@ -335,22 +450,34 @@ def write_report(
     """
     out_dir = Path(out_dir)
     plots = write_plots(out_dir, curves)
-    lines = ["# cxr evaluation report", "", NOT_FOR_CLINICAL_USE, ""]
+    lines = ["# cxr evaluation report", "", data_header(metrics), "", NOT_FOR_CLINICAL_USE, ""]
 
     lines += ["## Dataset", ""]
     data = metrics.get("data")
     if isinstance(data, Mapping):
-        lines += _mapping_lines(data)
+        lines += _mapping_lines({k: v for k, v in data.items() if k != "sources"})
     counts = metrics.get("counts")
     if isinstance(counts, Mapping):
         lines += _mapping_lines(counts)
     lines.append("")
+    source_table = _source_table(metrics)
+    if source_table:
+        lines += ["### Per data source", ""] + source_table + [""]
 
     lines += ["## Models", ""] + _models_lines(metrics, manifest) + [""]
 
     lines += ["## Metrics", ""] + _metrics_table(metrics) + [""]
-    lines.append("`n/a`: undefined on this data (e.g. no positive or no annotated image).")
+    lines.append(
+        "`n/a`: undefined on this data (e.g. no positive or no annotated image). `n`: images (studies for "
+        "study metrics) that carry the metric's label; `positives`: the positives among them (reference boxes "
+        "for the detection APs)."
+    )
     lines.append("")
+    reasons = metrics.get("not_analysed_reasons")
+    if isinstance(reasons, Mapping) and reasons:
+        lines += ["### Frontal images not analysed", ""]
+        lines += [f"- {_cell(str(reason))}: {_value_cell(count)}" for reason, count in reasons.items()]
+        lines.append("")
 
     lines += ["## Plots", ""]
     if plots:
