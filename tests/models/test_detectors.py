@@ -269,20 +269,21 @@ def _train(arch: str, data: Path, out: Path, *extra: str) -> dict:
 def test_trainer_runs_and_resumes(arch: str, phantom_small: Path, tmp_path: Path) -> None:
     out = tmp_path / f"run_{arch}"
     first = _train(arch, phantom_small, out, "--epochs", "1", "--max-steps", "2")
-    assert first["epoch"] == 0 and first["step"] == 2
+    assert first["epochs"] == 1 and first["steps"] == 2 and first["metric"] == "map50"
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
     assert {"model", "optimizer", "scheduler", "args", "epoch", "step"} <= set(checkpoint)
-    assert checkpoint["args"]["arch"] == arch and checkpoint["epoch"] == 0
+    assert checkpoint["args"]["arch"] == arch and checkpoint["epoch"] == 1
+    assert "auxiliary" in checkpoint["extra"]  # the training-only opacity head resumes too
     assert (out / "model_best.pt").is_file()
     assert [p.name.split("-")[0] for p in (out / "cache").iterdir()] == ["detector", "detector"]
 
     second = _train(arch, phantom_small, out, "--epochs", "2", "--max-steps", "4", "--resume", str(out / "checkpoint.pt"))
-    assert second["epoch"] == 1 and second["step"] == 4
+    assert second["epochs"] == 2 and second["steps"] == 4
     lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [entry["epoch"] for entry in lines] == [0, 1]
-    assert all(np.isfinite(entry["loss"]) for entry in lines)
+    assert [entry["epoch"] for entry in lines] == [1, 2]
+    assert all(np.isfinite(entry["train_loss"]) and "train_loss_aux_opacity" in entry for entry in lines)
     resumed = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert resumed["scheduler"]["last_epoch"] == 4
+    assert resumed["step"] == 4 and resumed["epoch"] == 2
     build_detector(arch).load_state_dict(resumed["model"])
 
 

@@ -3,7 +3,8 @@
     python -m cxr_models.train.detector --arch a --data DATA --out runs/detector_a
     python -m cxr_models.train.detector --arch b --data DATA --out runs/detector_b
 
-Inputs follow the pipeline exactly: the crop is ``decide_crop(ground-truth lung mask)`` (the
+Inputs follow the pipeline exactly: the crop is ``decide_crop(lung mask)`` of the record's lung
+mask, or of the lung model's prediction (``--lungs-weights``) for images without one (the
 lung rectangle + 5 % margin, the whole image when the mask is missing or implausible), resized
 to 320 x 320. During training each crop edge is jittered by up to ``--jitter`` of the crop size
 (a small random scale and shift), ground-truth boxes are mapped into the crop with
@@ -24,14 +25,17 @@ and flip, or the filled boxes when there is no mask) with BCE + soft Dice. It is
 shipped detectors; it roughly doubled the early validation mAP of the from-scratch trunks on
 PhantomCXR (FCOS after 276 steps: 0.147 with it, 0.074 without).
 
-Defaults (AdamW, lr 2e-3, batch 4, 5 epochs, linear warm-up then cosine) are sized for a
-~1200-study PhantomCXR training set on a 2-core CPU: about 1400 optimizer steps, roughly
-0.36 s (Faster R-CNN) / 0.24 s (FCOS) per step on one free core, plus preprocessing.
+The loop is the shared one of :mod:`cxr_models.train.engine` (AdamW, one-cycle schedule,
+gradient clipping at 10, weighted sampling of the ``--data`` sources, the engine's checkpoint
+and ``--limit`` conventions); the auxiliary head is the task's training-only module. Intensity
+jitter is :func:`cxr_models.train.augment.jitter_intensity`, batched. Defaults (lr 2e-3, batch 4,
+5 epochs) were sized for a ~1200-study PhantomCXR training set on a 2-core CPU: roughly 0.36 s
+(Faster R-CNN) / 0.24 s (FCOS) per step on one free core, plus preprocessing.
 
-Validation (a held-out study split) reports mAP@50 each epoch in the ORIGINAL pixel grid against
-the unclipped ground truth (``val_map50``; ``val_map50_whole`` is the same on whole images when
-training on crops). ``OUT/checkpoint.pt`` is the latest resumable state, ``OUT/model_best.pt`` the
-best ``val_map50``, ``OUT/train_log.jsonl`` one line per epoch.
+Validation (the patient-hash validation part) reports mAP@50 each epoch in the ORIGINAL pixel
+grid against the unclipped ground truth (``val_map50``; ``val_map50_whole`` is the same on whole
+images when training on crops). ``OUT/checkpoint.pt`` is the latest resumable state,
+``OUT/model_best.pt`` the best ``val_map50``, ``OUT/train_log.jsonl`` one line per epoch.
 
 Semi-supervised round: ``--pseudo-data DIR --teacher CKPT --pseudo-threshold 0.5`` lets the
 teacher (a checkpoint of this trainer, or a bare / fp16 state dict) predict on the frontal images
@@ -50,8 +54,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,22 +71,11 @@ from cxr_models.inference.crop import box_to_crop, crop_and_resize, decide_crop,
 from cxr_models.inference.detection import OpacityDetector
 from cxr_models.nets.detectors import ARCHS, INPUT_SIZE, OPACITY_LABEL, OpacityAuxHead, build_detector
 from cxr_models.records import Box, ImageRecord, ScoredBox
+from cxr_models.train.augment import IntensityJitter, jitter_intensity
 from cxr_models.train.cache import cached_arrays
-from cxr_models.train.common import (
-    BEST_NAME,
-    CHECKPOINT_NAME,
-    add_common_args,
-    autocast,
-    configure_threads,
-    grad_scaler,
-    load_checkpoint,
-    progress,
-    resolve_device,
-    save_checkpoint,
-    load_init,
-    set_seed,
-)
+from cxr_models.train.common import add_common_args
 from cxr_models.train.data import read_args_records, sample_weights, split_records
+from cxr_models.train.engine import Defaults, configure_logging, fit, setup_run
 from cxr_models.train.lung_source import LungMaskSource
 
 logger = logging.getLogger(__name__)
@@ -93,12 +84,9 @@ PREPROCESS_VERSION = 2
 CONTEXT_SIZE = 384
 CONTEXT_MARGIN = 0.08
 MIN_BOX_SIDE = 2.0
-DEFAULT_EPOCHS = 5
-DEFAULT_BATCH_SIZE = 4
-DEFAULT_LR = 2e-3
 WEIGHT_DECAY = 1e-4
-GRAD_CLIP = 10.0
-LOG_NAME = "train_log.jsonl"
+DEFAULTS = Defaults(epochs=5, batch_size=4, lr=2e-3, weight_decay=WEIGHT_DECAY, grad_clip=10.0)
+INTENSITY = IntensityJitter(brightness=0.08, contrast=(0.85, 1.15), gamma=(0.82, 1.22), noise=0.02)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -287,13 +275,11 @@ def build_cache(
 
 @dataclass(frozen=True)
 class Augment:
+    """Geometric augmentation of the training samples; intensity jitter is :data:`INTENSITY` (train/augment.py)."""
+
     jitter: float = 0.04
     whole_fraction: float = 0.2
     flip: float = 0.5
-    brightness: float = 0.08
-    contrast: float = 0.15
-    gamma: float = 0.2
-    noise: float = 0.02
 
 
 def input_rect(
@@ -331,18 +317,6 @@ def box_mask(boxes: Sequence[Box], *, size: int = INPUT_SIZE) -> np.ndarray:
     for b in boxes:
         out[int(round(b.y0)) : int(round(b.y1)), int(round(b.x0)) : int(round(b.x1))] = 1.0
     return out
-
-
-def photometric(image: np.ndarray, aug: Augment, rng: np.random.Generator) -> np.ndarray:
-    out = image
-    gamma = math.exp(rng.uniform(-aug.gamma, aug.gamma))
-    out = np.power(np.clip(out, 0.0, 1.0), gamma)
-    mean = float(out.mean())
-    out = (out - mean) * rng.uniform(1.0 - aug.contrast, 1.0 + aug.contrast) + mean
-    out = out + rng.uniform(-aug.brightness, aug.brightness)
-    if aug.noise > 0:
-        out = out + rng.normal(0.0, rng.uniform(0.0, aug.noise), size=out.shape)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def flip_boxes(boxes: Sequence[Box], *, size: int = INPUT_SIZE) -> tuple[Box, ...]:
@@ -385,7 +359,10 @@ class DetectionTrainSet(torch.utils.data.Dataset):
         return len(self.cache.items)
 
     def __getitem__(self, index: int) -> TrainSample:
-        rng = np.random.default_rng((self.seed, self.epoch, index))
+        return self.sample(index, rng=np.random.default_rng((self.seed, self.epoch, index)))
+
+    def sample(self, index: int, *, rng: np.random.Generator) -> TrainSample:
+        """Image ``index`` through a random crop jitter, whole-image draw and flip (intensity jitter comes later, batched)."""
         whole = self.no_crop or rng.random() < self.aug.whole_fraction
         rect = input_rect(self.cache, index, whole=whole, rng=rng, jitter=self.aug.jitter)
         image = sample_cached(self.cache, index, rect, whole=whole)
@@ -398,9 +375,8 @@ class DetectionTrainSet(torch.utils.data.Dataset):
             image = image[:, ::-1]
             opacity = opacity[:, ::-1]
             targets = flip_boxes(targets)
-        image = photometric(np.ascontiguousarray(image), self.aug, rng)
         return TrainSample(
-            image=torch.from_numpy(image).unsqueeze(0),
+            image=torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).unsqueeze(0),
             target=_targets(targets),
             opacity=torch.from_numpy(np.ascontiguousarray(opacity, dtype=np.float32)),
         )
@@ -477,7 +453,6 @@ def evaluate(
         pairs = [make_input(cache, i, whole=whole, rng=None, jitter=0.0) for i in indices]
         inputs = np.stack([p[0] for p in pairs])
         predictions.extend(detector.predict_inputs(inputs, crops=[p[1] for p in pairs]))
-    model.train()
     return average_precision(predictions, truth, iou_threshold=0.5).ap
 
 
@@ -497,21 +472,6 @@ def aux_opacity_loss(logits: Sequence[torch.Tensor], target: torch.Tensor) -> to
         dice = 1.0 - (2.0 * (p * t).sum() + 1.0) / (p.sum() + t.sum() + 1.0)
         total = total + F.binary_cross_entropy_with_logits(level, t) + dice
     return total / max(1, len(logits))
-
-
-# --------------------------------------------------------------------------- schedule
-
-
-def lr_lambda(*, total_steps: int, warmup_steps: int, floor: float = 0.01):  # noqa: ANN201 - returns a closure
-    """Linear warm-up, then cosine decay to ``floor`` of the peak at ``total_steps`` (flat after)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress_ = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress_))
-
-    return factor
 
 
 # --------------------------------------------------------------------------- main
@@ -561,11 +521,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--pseudo-data and --teacher go together, got {args.pseudo_data} and {args.teacher}")
 
 
-def _append_log(path: Path, entry: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry) + "\n")
-
-
 @dataclass(frozen=True)
 class RecordSplit:
     train: list[ImageRecord]
@@ -603,9 +558,9 @@ def select_records(args: argparse.Namespace, *, device: torch.device) -> RecordS
 class AuxiliaryOpacity:
     """The training-only dense opacity loss: a head fed by a forward hook on the detector's backbone."""
 
-    def __init__(self, model: torch.nn.Module, *, weight: float, device: torch.device) -> None:
+    def __init__(self, model: torch.nn.Module, *, weight: float) -> None:
         self.weight = weight
-        self.head = OpacityAuxHead(model.backbone.out_channels).to(device)
+        self.head = OpacityAuxHead(model.backbone.out_channels)
         self._features: dict[str, torch.Tensor] | None = None
         model.backbone.register_forward_hook(self._capture)
 
@@ -620,68 +575,73 @@ class AuxiliaryOpacity:
         return self.weight * aux_opacity_loss(self.head(features), opacity)
 
 
-def train_one_epoch(
-    model: torch.nn.Module,
-    loader: torch.utils.data.DataLoader,
-    *,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    aux: AuxiliaryOpacity | None,
-    params: list[torch.nn.Parameter],
-    device: torch.device,
-    step: int,
-    max_steps: int | None,
-    desc: str,
-    disable_progress: bool,
-) -> tuple[int, dict[str, float]]:
-    """One pass over ``loader`` (stopping at ``max_steps``); returns the step count and mean losses."""
-    model.train()
-    if aux is not None:
-        aux.head.train()
-    totals: dict[str, float] = {}
-    n_batches = 0
-    for batch in progress(loader, desc=desc, total=len(loader), disable=disable_progress):
-        images = [s.image.to(device, non_blocking=True) for s in batch]
-        targets = [{k: v.to(device) for k, v in s.target.items()} for s in batch]
-        with autocast(device):
-            losses = model(images, targets)
-            if aux is not None:
-                losses["loss_aux_opacity"] = aux.loss(torch.stack([s.opacity for s in batch]).unsqueeze(1).to(device))
-            loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}: { {k: v.item() for k, v in losses.items()} }")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        step += 1
-        n_batches += 1
-        totals["loss"] = totals.get("loss", 0.0) + float(loss.item())
-        for k, v in losses.items():
-            totals[k] = totals.get(k, 0.0) + float(v.item())
-        if max_steps is not None and step >= max_steps:
-            break
-    return step, {k: v / max(1, n_batches) for k, v in totals.items()}
+class DetectorTask:
+    """The detector's work for :func:`cxr_models.train.engine.fit`: detection loss (+ auxiliary opacity loss) and val mAP@50."""
+
+    metric = "map50"
+    higher_is_better = True
+
+    def __init__(
+        self,
+        *,
+        dataset: DetectionTrainSet,
+        val_cache: ImageCache,
+        val_truth: Sequence[tuple[Box, ...]],
+        arch: str,
+        no_crop: bool,
+        validate_whole: bool,
+        aux: AuxiliaryOpacity | None,
+        sample_weights: np.ndarray | None,
+    ) -> None:
+        self.dataset = dataset
+        self.val_cache = val_cache
+        self.val_truth = list(val_truth)
+        self.arch = arch
+        self.no_crop = no_crop
+        self.validate_whole = validate_whole
+        self.aux = aux
+        self.auxiliary = aux.head if aux is not None else None
+        self.sample_weights = sample_weights
+        self.components: dict[str, float] = {}
+
+    @property
+    def train_size(self) -> int:
+        return len(self.dataset)
+
+    def loss(
+        self, model: torch.nn.Module, indices: np.ndarray, *, generator: torch.Generator, device: torch.device
+    ) -> torch.Tensor:
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        samples = [self.dataset.sample(int(i), rng=np.random.default_rng((seed, int(i)))) for i in indices]
+        images = jitter_intensity(torch.stack([s.image for s in samples]), jitter=INTENSITY, generator=generator)
+        targets = [{k: v.to(device) for k, v in s.target.items()} for s in samples]
+        losses = model(list(images.to(device)), targets)
+        if self.aux is not None:
+            losses["loss_aux_opacity"] = self.aux.loss(torch.stack([s.opacity for s in samples]).unsqueeze(1).to(device))
+        self.components = {k: float(v.detach()) for k, v in losses.items()}
+        return sum(losses.values())
+
+    def validate(self, model: torch.nn.Module, *, device: torch.device) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        value = evaluate(model, self.val_cache, self.val_truth, whole=self.no_crop, device=device, arch=self.arch)
+        if value is not None:
+            metrics["map50"] = value
+        if self.validate_whole:
+            whole = evaluate(model, self.val_cache, self.val_truth, whole=True, device=device, arch=self.arch)
+            if whole is not None:
+                metrics["map50_whole"] = whole
+        return metrics
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Train; returns the last epoch's log entry (or the resumed state when nothing was left to do)."""
+    """Train with the shared engine; returns its result with the training image counts."""
     _check_args(args)
-    epochs = args.epochs or DEFAULT_EPOCHS
-    batch_size = args.batch_size or DEFAULT_BATCH_SIZE
-    lr = args.lr or DEFAULT_LR
-    set_seed(args.seed)
-    configure_threads(args.threads)
-    device = resolve_device(args.device)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    configure_logging()
+    device = setup_run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
 
     split = select_records(args, device=device)
-    cache_root = args.cache_dir or out / "cache"
+    cache_root = args.cache_dir or args.out / "cache"
     lungs = LungMaskSource(weights=args.lungs_weights, device=str(device))
     train_cache = build_cache(
         split.train, root=cache_root, workers=args.workers, disable_progress=args.no_progress, lungs=lungs
@@ -691,114 +651,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     dataset = DetectionTrainSet(
         train_cache, [r.boxes or () for r in split.train], aug=aug, no_crop=args.no_crop, seed=args.seed
     )
-    val_truth = [r.boxes or () for r in split.val]
     weights = sample_weights(split.train[: len(split.train) - split.n_pseudo])
     if weights is not None and split.n_pseudo:
         weights = np.concatenate([weights, np.ones(split.n_pseudo)])
 
     model = build_detector(args.arch)
-    if args.init is not None and args.resume is None:
-        load_init(model, args.init)
-    model = model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    aux = AuxiliaryOpacity(model, weight=args.aux_weight, device=device) if args.aux_weight > 0 else None
-    if aux is not None:
-        params += list(aux.head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay)
-    total_steps = epochs * math.ceil(len(dataset) / batch_size)
-    warmup = min(200, max(1, total_steps // 20))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps=total_steps, warmup_steps=warmup))
-    scaler = grad_scaler(device)
-
-    start_epoch, step, best = 0, 0, -1.0
-    if args.resume is not None:
-        state = load_checkpoint(args.resume, model=model, optimizer=optimizer, scheduler=scheduler, map_location=device)
-        start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
-        extra_state = state.get("extra", {})
-        best = float(extra_state.get("best", -1.0))
-        if aux is not None and "aux_head" in extra_state:
-            aux.head.load_state_dict(extra_state["aux_head"])
-    summary: dict[str, Any] = {"epoch": start_epoch - 1, "step": step, "best_val_map50": best}
-
-    for epoch in range(start_epoch, epochs):
-        if args.max_steps is not None and step >= args.max_steps:
-            break
-        started = time.perf_counter()
-        dataset.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-        sampler = None
-        if weights is not None:
-            sampler = torch.utils.data.WeightedRandomSampler(
-                torch.as_tensor(weights), num_samples=len(dataset), replacement=True, generator=generator
-            )
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
-            generator=generator,
-            num_workers=args.workers,
-            collate_fn=collate,
-            drop_last=len(dataset) > batch_size,
-        )
-        step, losses = train_one_epoch(
-            model,
-            loader,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            aux=aux,
-            params=params,
-            device=device,
-            step=step,
-            max_steps=args.max_steps,
-            desc=f"epoch {epoch}",
-            disable_progress=args.no_progress,
-        )
-        train_seconds = time.perf_counter() - started
-        val_map = evaluate(model, val_cache, val_truth, whole=args.no_crop, device=device, arch=args.arch)
-        val_whole = None
-        if not args.no_crop and args.whole_image_fraction > 0:
-            val_whole = evaluate(model, val_cache, val_truth, whole=True, device=device, arch=args.arch)
-        metrics = {k: v for k, v in (("val_map50", val_map), ("val_map50_whole", val_whole)) if v is not None}
-        improved = val_map is not None and val_map > best
-        if improved:
-            best = float(val_map)
-        entry = {
-            "epoch": epoch,
-            "step": step,
-            "lr": optimizer.param_groups[0]["lr"],
-            **losses,
-            "val_map50": val_map,
-            "val_map50_whole": val_whole,
-            "best_val_map50": best,
-            "train_images": len(split.train),
-            "pseudo_images": split.n_pseudo,
-            "train_seconds": round(train_seconds, 1),
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        _append_log(out / LOG_NAME, entry)
-        logger.info(
-            "epoch %d step %d loss %.4f val mAP@50 %s (whole %s) in %.0f s",
-            epoch,
-            step,
-            losses.get("loss", float("nan")),
-            "n/a" if val_map is None else f"{val_map:.4f}",
-            "n/a" if val_whole is None else f"{val_whole:.4f}",
-            entry["seconds"],
-        )
-        extra: dict[str, Any] = {"best": best}
-        if aux is not None:
-            extra["aux_head"] = aux.head.state_dict()
-        common = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "args": args, "epoch": epoch, "step": step}
-        save_checkpoint(out / CHECKPOINT_NAME, **common, metrics=metrics, extra=extra)
-        if improved or not (out / BEST_NAME).exists():
-            save_checkpoint(out / BEST_NAME, **common, metrics=metrics, extra=extra)
-        summary = entry
-    return summary
+    aux = AuxiliaryOpacity(model, weight=args.aux_weight) if args.aux_weight > 0 else None
+    task = DetectorTask(
+        dataset=dataset, val_cache=val_cache, val_truth=[r.boxes or () for r in split.val], arch=args.arch,
+        no_crop=args.no_crop, validate_whole=not args.no_crop and args.whole_image_fraction > 0, aux=aux,
+        sample_weights=weights,
+    )
+    defaults = dataclasses.replace(DEFAULTS, weight_decay=args.weight_decay)
+    result = fit(args, task=task, model=model, defaults=defaults, device=device)
+    return {**dataclasses.asdict(result), "train_images": len(split.train), "pseudo_images": split.n_pseudo}
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = main(get_args_parser().parse_args())
-    print(json.dumps(result, indent=2))
+    print(json.dumps(main(get_args_parser().parse_args()), indent=2))

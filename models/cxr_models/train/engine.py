@@ -5,6 +5,11 @@ A trainer describes its work as a :class:`Task` (batches, loss, validation) and 
 resumable checkpoints (``OUT/checkpoint.pt``), the best model (``OUT/model_best.pt`` and its fp16
 state dict ``OUT/weights_fp16.pt``) and ``OUT/train_log.jsonl`` (one JSON line per epoch).
 
+A task may also carry ``sample_weights`` (one per training item: weighted sampling with
+replacement), ``auxiliary`` (a training-only module trained with the model, saved in the
+checkpoint for resuming but never in the model weights) and ``components`` (the last step's loss
+terms by name, averaged per epoch into the log); ``Defaults.grad_clip`` clips the gradient norm.
+
 ``--max-steps`` counts optimizer steps over the whole run, resumes included. When it stops a run
 inside an epoch, that epoch is validated and checkpointed as finished, so ``--resume`` starts at
 the next epoch. Each epoch's shuffling, augmentation and dropout draw from RNGs seeded by
@@ -54,6 +59,7 @@ class Defaults:
     batch_size: int
     lr: float
     weight_decay: float = 1e-4
+    grad_clip: float | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,11 @@ class Task(Protocol):
 def task_weights(task: Task) -> np.ndarray | None:
     """The task's per-item sampling weights (attribute ``sample_weights``), None for plain shuffling."""
     return getattr(task, "sample_weights", None)
+
+
+def task_auxiliary(task: Task) -> torch.nn.Module | None:
+    """The task's training-only module (attribute ``auxiliary``), if any."""
+    return getattr(task, "auxiliary", None)
 
 
 def resolve_hyperparameters(args: argparse.Namespace, defaults: Defaults) -> tuple[int, int, float]:
@@ -150,7 +161,12 @@ def fit(
         load_init(model, args.init)
     # channels-last convolutions are about a third faster on the CPU (oneDNN) and fine on CUDA.
     model.to(device=device, memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=defaults.weight_decay)
+    auxiliary = task_auxiliary(task)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if auxiliary is not None:
+        auxiliary.to(device)
+        parameters += [p for p in auxiliary.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=defaults.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.15, div_factor=20.0, final_div_factor=200.0
     )
@@ -161,6 +177,8 @@ def fit(
         state = load_checkpoint(args.resume, model=model, optimizer=optimizer, scheduler=scheduler, map_location=device)
         start_epoch, step = int(state["epoch"]), int(state["step"])
         best = state.get("extra", {}).get("best_metric")
+        if auxiliary is not None and "auxiliary" in state.get("extra", {}):
+            auxiliary.load_state_dict(state["extra"]["auxiliary"])
 
     log_path = out / LOG_NAME
     completed = start_epoch
@@ -171,7 +189,10 @@ def fit(
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
         torch.manual_seed(args.seed * 1_000_033 + epoch)
         model.train()
+        if auxiliary is not None:
+            auxiliary.train()
         losses: list[float] = []
+        components: dict[str, list[float]] = {}
         batches = epoch_batches(task.train_size, batch_size=batch_size, generator=generator, weights=task_weights(task))
         for indices in progress(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=args.no_progress):
             optimizer.zero_grad(set_to_none=True)
@@ -180,15 +201,22 @@ def fit(
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step}")
             scaler.scale(loss).backward()
+            if defaults.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(parameters, defaults.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             if scheduler.last_epoch < scheduler.total_steps:
                 scheduler.step()
             losses.append(float(loss.detach()))
+            for name, value in (getattr(task, "components", None) or {}).items():
+                components.setdefault(name, []).append(float(value))
             step += 1
             if args.max_steps is not None and step >= args.max_steps:
                 break
         model.eval()
+        if auxiliary is not None:
+            auxiliary.eval()
         metrics = task.validate(model, device=device)
         value = metrics.get(task.metric)
         oriented = _score(value, higher_is_better=task.higher_is_better)
@@ -199,6 +227,7 @@ def fit(
             "epoch": epoch + 1,
             "step": step,
             "train_loss": float(np.mean(losses)) if losses else None,
+            **{f"train_{k}": float(np.mean(v)) for k, v in components.items()},
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(time.monotonic() - started, 2),
             **{f"val_{k}": v for k, v in metrics.items()},
@@ -209,7 +238,8 @@ def fit(
         checkpoint_extra = {**(extra or {}), "best_metric": best, "metric": task.metric}
         save_checkpoint(
             out / CHECKPOINT_NAME, model=model, optimizer=optimizer, scheduler=scheduler, args=args,
-            epoch=epoch + 1, step=step, metrics=metrics, extra=checkpoint_extra,
+            epoch=epoch + 1, step=step, metrics=metrics,
+            extra=checkpoint_extra if auxiliary is None else {**checkpoint_extra, "auxiliary": auxiliary.state_dict()},
         )
         if improved:
             save_checkpoint(
