@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ import pytest
 
 from cxr_models.evaluation.evaluate import (
     DEFAULT_REPORTING_THRESHOLD,
+    ImageOutcome,
     StudyOutcome,
     compute_metrics,
     evaluate_dataset,
@@ -18,6 +20,7 @@ from cxr_models.evaluation.evaluate import (
     group_studies,
     limit_studies,
     main,
+    reason_prefix,
     reporting_threshold_of,
     resolve_tuning_split,
     study_outcome,
@@ -355,6 +358,14 @@ def test_each_metric_uses_only_the_records_that_carry_its_label() -> None:
     }
     metrics, curves = compute_metrics(records, outcomes)
     n, pos = metrics["n"], metrics["n_positive"]
+    odd = ImageOutcome(view="frontal", analysed=False, crop_fallback=False, opacities=(), opacities_by_detector={},
+                       opacities_no_crop=None, opacity_percent=None,
+                       reason="image unlike the training data (score 3.20, limit 2.10)")
+    assert reason_prefix(odd) == "image unlike the training data"
+    assert reason_prefix(dataclasses.replace(odd, reason="no plausible lung fields: mask too small")) == (
+        "no plausible lung fields"
+    )
+    assert reason_prefix(dataclasses.replace(odd, reason=None, view="other")) == "predicted other"
     # mAP over a1, a2, r3 (boxes not None): TP 0.9 then FP 0.5 -> 1.0; r1's 0.95 box is not counted.
     assert metrics["opacity_map50"] == pytest.approx(1.0)
     assert (n["opacity_map50"], pos["opacity_map50"]) == (3, 1)
@@ -473,3 +484,39 @@ def test_cxr_evaluate_split_val_evaluates_only_validation_records(tmp_path: Path
     report = (out / "report.md").read_text()
     assert f"`{root}` — the validation part (`--split val`" in report
     assert f"split seed {seed})" in report
+
+
+def test_record_real_metrics_beside_the_synthetic_ones(tmp_path: Path) -> None:
+    from cxr_models.weights import default_weights_dir
+    from cxr_models.weights.record import evaluation_key, get_args_parser as record_parser, main as record_main
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shipped = json.loads((default_weights_dir() / "manifest.json").read_text())
+    (weights / "manifest.json").write_text(json.dumps(shipped))
+    metrics, _ = compute_metrics(_records(), _outcomes())
+    metrics["data"] = {
+        "sources": [{"spec": "/real/chestxray14", "name": "chestxray14", "format": "auto", "images": 4}],
+        "split": "val", "val_fraction": 0.2, "split_seed": 0, "format": "auto", "limit": None,
+    }
+    path = write_metrics(tmp_path / "eval_real", metrics)
+    command = "cxr evaluate --data /real/chestxray14 --split val --out runs/eval_real"
+    record_main(record_parser().parse_args(
+        ["--key", "metrics_real", "--metrics", str(path), "--command", command, "--weights-dir", str(weights)]
+    ))
+    manifest = json.loads((weights / "manifest.json").read_text())
+    # The synthetic block and every model's synthetic metrics are untouched.
+    assert manifest["evaluation"] == shipped["evaluation"]
+    for name, entry in manifest["models"].items():
+        assert entry["metrics"] == shipped["models"][name]["metrics"], name
+    real = manifest["evaluation_real"]
+    assert real["command"] == command
+    assert real["data"] == {"sources": ["/real/chestxray14"], "split": {"split": "val", "val_fraction": 0.2, "split_seed": 0}}
+    assert real["ensemble"]["false_boxes_per_negative"] == pytest.approx(1.0)
+    assert manifest["models"]["study"]["metrics_real"]["normal_abnormal_auc"] == pytest.approx(1.0)
+    assert manifest["models"]["view"]["metrics_real"]["view_accuracy_frontal"] == pytest.approx(0.5)
+    assert evaluation_key("metrics") == "evaluation"
+    with pytest.raises(ValueError, match="metrics_"):
+        evaluation_key("real")
+    with pytest.raises(SystemExit):  # the synthetic block needs its PhantomCXR seed
+        record_main(record_parser().parse_args(["--metrics", str(path), "--command", "x", "--weights-dir", str(weights)]))

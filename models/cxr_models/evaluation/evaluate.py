@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -210,13 +211,15 @@ def _study_abnormal(records: Sequence[ImageRecord]) -> bool | None:
 
 
 def reason_prefix(outcome: ImageOutcome) -> str:
-    """Why an image was not analysed, as the part of its reason before the first ':'.
+    """Why an image was not analysed, as the part of its reason before the details: before the first
+    ':' or ' (' (``no plausible lung fields: ...``, ``image unlike the training data (score ...)``).
 
     Without a reason (an analyser that does not give one) a frontal the view model took for
     another view reads ``predicted <view>``.
     """
     if outcome.reason:
-        return outcome.reason.split(":", 1)[0].strip() or outcome.reason
+        head = re.split(r":| \(", outcome.reason, maxsplit=1)[0].strip()
+        return head or outcome.reason
     if outcome.view != "frontal":
         return f"predicted {outcome.view}"
     return "unknown"
