@@ -1,8 +1,27 @@
-"""Lung-rectangle crop geometry shared by training and inference.
+"""Lung-rectangle crop geometry shared by training and inference, and the lung-field plausibility rule.
 
 The crop is the bounding rectangle of the lung mask, widened by a margin on each side. Boxes
 move between the original pixel grid and a resized crop with :func:`box_to_crop` and
 :func:`box_from_crop`; ``x`` runs along columns, ``y`` along rows.
+
+:func:`implausibility_reason` decides whether a lung mask looks like the two lung fields of a
+frontal chest radiograph. A plausible mask (V7 Labs-style: both lungs including the part
+behind the heart, about 20-45 % of the image) covers 5-75 % of the image, its rectangle has a
+width/height ratio in [0.6, 2.6], it is in at most three large pieces, and it holds two lung
+fields side by side: split at the emptiest column of the middle half of its rectangle, each
+side holds at least 20 % of the mask, that column is at most half as full as the fuller
+column of the emptier side, and each side is at least 0.2 times as wide as it is tall. On the
+241 V7 Labs masks of the frontal images in ``shared/realcxr`` the tightest values are: 18.5 %
+of the image, ratio 0.85, smaller side 38 %, gap column 0.28 of a side's fullest, a side 0.36
+as wide as tall. A mask on a hand, skull or long-bone radiograph (empty, one blob, a thin
+strip, most of the image) fails.
+
+What happens to an image whose mask is implausible is the caller's decision:
+:func:`decide_crop` always answers with a crop (the whole image, ``fallback=True``, for
+training, where every image is used), while the inference pipeline
+(:class:`cxr_models.inference.pipeline.Analyzer`) does not analyse such an image ("no
+plausible lung fields: <reason>") unless the weights manifest says ``"crop_fallback": true``,
+in which case it analyses the whole image as before (``crop_fallback`` true in the result).
 """
 
 from __future__ import annotations
@@ -22,6 +41,19 @@ MAX_LUNG_FRACTION = 0.75
 # ...and its rectangle has a width/height ratio in this range.
 MIN_ASPECT = 0.6
 MAX_ASPECT = 2.6
+# Pieces of at least this fraction of the largest piece count as large; more than
+# MAX_LARGE_PIECES of them is a fragmented mask.
+LARGE_PIECE_FRACTION = 0.1
+MAX_LARGE_PIECES = 3
+# Two lung fields side by side: the split column is searched in the middle half of the lung
+# rectangle (column profile smoothed over 5 % of its width); each side holds at least
+# MIN_SIDE_SHARE of the mask, the split column holds at most MAX_GAP_FILL of the fullest
+# column of the emptier side, and each side is at least MIN_FIELD_ASPECT as wide as tall.
+SPLIT_SEARCH = (0.25, 0.75)
+PROFILE_SMOOTHING = 0.05
+MIN_SIDE_SHARE = 0.2
+MAX_GAP_FILL = 0.5
+MIN_FIELD_ASPECT = 0.2
 
 
 @dataclass(frozen=True)
@@ -59,9 +91,45 @@ def expand_box(box: Box, *, margin: float, height: int, width: int) -> Box:
     )
 
 
+def _width_over_height(mask: np.ndarray) -> float:
+    box = lung_bounding_box(mask)
+    return 0.0 if box is None else box.width / max(box.height, 1.0)
+
+
+def _two_fields_reason(mask: np.ndarray, box: Box) -> str | None:
+    """Why the mask inside ``box`` is not two lung fields side by side, or None when it is."""
+    inner = mask[int(box.y0) : int(box.y1), int(box.x0) : int(box.x1)]
+    width = inner.shape[1]
+    if width < 4:
+        return f"lung mask is {width} pixel(s) wide"
+    profile = ndimage.uniform_filter1d(
+        inner.sum(axis=0).astype(np.float64), max(1, int(round(PROFILE_SMOOTHING * width))), mode="nearest"
+    )
+    lo = max(1, int(SPLIT_SEARCH[0] * width))
+    hi = min(width - 1, int(np.ceil(SPLIT_SEARCH[1] * width)))
+    split = lo + int(np.argmin(profile[lo:hi]))
+    left, right = inner[:, :split], inner[:, split:]
+    total = float(inner.sum())
+    share = min(float(left.sum()), float(right.sum())) / total
+    if share < MIN_SIDE_SHARE:
+        return f"one lung field, not two (the smaller side holds {share:.0%} of the mask, < {MIN_SIDE_SHARE:.0%})"
+    fill = float(profile[split]) / min(float(profile[:split].max()), float(profile[split:].max()))
+    if fill > MAX_GAP_FILL:
+        return f"one lung field, not two (no gap between the sides: the middle is {fill:.0%} full, > {MAX_GAP_FILL:.0%})"
+    thinnest = min(_width_over_height(left), _width_over_height(right))
+    if thinnest < MIN_FIELD_ASPECT:
+        return f"lung fields too thin (width/height {thinnest:.2f} < {MIN_FIELD_ASPECT})"
+    return None
+
+
 def implausibility_reason(mask: np.ndarray) -> str | None:
-    """Why a predicted frontal lung mask is implausible, or None when it looks like two lungs."""
-    height, width = mask.shape
+    """Why a predicted frontal lung mask is implausible, or None when it looks like two lungs.
+
+    The rule and its thresholds are in the module docstring.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return "lung mask is empty"
     fraction = float(mask.mean())
     if fraction < MIN_LUNG_FRACTION:
         return f"lung mask covers {fraction:.1%} of the image (< {MIN_LUNG_FRACTION:.0%})"
@@ -72,14 +140,12 @@ def implausibility_reason(mask: np.ndarray) -> str | None:
     aspect = box.width / max(box.height, 1.0)
     if not MIN_ASPECT <= aspect <= MAX_ASPECT:
         return f"lung rectangle aspect ratio {aspect:.2f} outside [{MIN_ASPECT}, {MAX_ASPECT}]"
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return "lung mask is empty"
+    labels, _ = ndimage.label(mask)
     sizes = np.bincount(labels.ravel())[1:]
-    big = int((sizes >= 0.1 * sizes.max()).sum())
-    if big > 3:
+    big = int((sizes >= LARGE_PIECE_FRACTION * sizes.max()).sum())
+    if big > MAX_LARGE_PIECES:
         return f"lung mask is fragmented into {big} large pieces"
-    return None
+    return _two_fields_reason(mask, box)
 
 
 def decide_crop(mask: np.ndarray | None, *, margin: float = DEFAULT_MARGIN, shape: tuple[int, int]) -> CropDecision:
