@@ -397,7 +397,7 @@ def data_header(metrics: Mapping[str, Any]) -> str:
         part = "validation" if split == "val" else "training"
         split_text = (
             f"the {part} part (`--split {split}`: patient-hash split, validation fraction "
-            f"{_value_cell(data.get('val_fraction'))}, split seed {_value_cell(data.get('split_seed'))})"
+            f"{data.get('val_fraction')}, split seed {data.get('split_seed')})"
         )
     else:
         split_text = "all records (`--split all`)"
