@@ -1,8 +1,16 @@
 """The whole model pipeline for one study, composed from the stage modules.
 
-view filter -> lung segmentation and crop -> detection ensemble (WBF) -> opacity segmentation and
-opacity % -> study classification over the frontal images. Inputs are display arrays (float32
-[0, 1], white = dense); every box and mask comes back in the original pixel grid.
+view filter (and its out-of-distribution score) -> lung segmentation and crop -> detection
+ensemble (WBF) -> opacity segmentation and opacity % -> study classification over the analysed
+images. Inputs are display arrays (float32 [0, 1], white = dense); every box and mask comes back
+in the original pixel grid.
+
+An image is analysed as a chest only when the view model says frontal, it is not out of
+distribution (when the manifest has an ``"ood"`` entry) and its lung mask is plausible; otherwise
+its :attr:`ImagePrediction.reason` says why, checked in that order (texts in
+:mod:`cxr_models.inference.reasons`). With ``"crop_fallback": true`` in the manifest an image
+with an implausible lung mask is analysed on the whole image instead (see
+:mod:`cxr_models.inference.crop`).
 """
 
 from __future__ import annotations
@@ -23,9 +31,11 @@ from cxr_models.inference import opacity as opacity_stage
 from cxr_models.inference import study as study_stage
 from cxr_models.inference import view as view_stage
 from cxr_models.inference.crop import CropDecision, decide_crop
+from cxr_models.inference.ood import OODDetector, load_ood
+from cxr_models.inference.reasons import no_lung_fields, view_reason
 from cxr_models.records import Box, ScoredBox
 from cxr_models.train.common import resolve_device
-from cxr_models.weights import load_manifest, load_state_dict
+from cxr_models.weights import crop_fallback_enabled, load_manifest, load_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +44,18 @@ STAGES: tuple[str, ...] = ("view", "lungs", "detection", "opacity", "study")
 
 @dataclass(frozen=True)
 class ImagePrediction:
-    """Everything the models say about one image (original pixel coordinates)."""
+    """Everything the models say about one image (original pixel coordinates).
+
+    ``reason`` says why an image is not analysed (None when it is); ``ood_score`` is its
+    out-of-distribution score (None without an ``"ood"`` manifest entry); ``crop_fallback`` is
+    True only when the manifest enables the fallback and the lung mask was implausible.
+    """
 
     view: str
     view_probabilities: dict[str, float]
     analysed: bool
+    reason: str | None = None
+    ood_score: float | None = None
     lung_mask: np.ndarray | None = field(default=None, compare=False, repr=False)
     lung_box: Box | None = None
     crop_fallback: bool = False
@@ -53,7 +70,7 @@ class ImagePrediction:
 
 @dataclass(frozen=True)
 class StudyPrediction:
-    """The study class over its frontal images (None without a frontal image) and each image's result."""
+    """The study class over its analysed images (None without one) and each image's result."""
 
     label: str | None
     probabilities: dict[str, float] | None
@@ -74,7 +91,7 @@ def fusion_settings(manifest: dict) -> dict:
 
 
 class Analyzer:
-    """The six models loaded once; :meth:`analyze_study` runs a study through every stage."""
+    """The six models (and the OOD Gaussian) loaded once; :meth:`analyze_study` runs a study through every stage."""
 
     def __init__(
         self,
@@ -86,6 +103,8 @@ class Analyzer:
         study: study_stage.StudyClassifier,
         manifest: dict[str, Any],
         device: torch.device,
+        ood: OODDetector | None = None,
+        crop_fallback: bool = False,
     ) -> None:
         self.view = view
         self.lungs = lungs
@@ -94,6 +113,8 @@ class Analyzer:
         self.study = study
         self.manifest = manifest
         self.device = device
+        self.ood = ood
+        self.crop_fallback = crop_fallback
 
     @classmethod
     def load(cls, *, weights_dir: Path | None = None, device: str | torch.device = "auto") -> "Analyzer":
@@ -114,16 +135,33 @@ class Analyzer:
             study=study_stage.StudyClassifier.from_state_dict(state("study"), device=dev),
             manifest=manifest,
             device=dev,
+            ood=load_ood(manifest, weights_dir=weights_dir),
+            crop_fallback=crop_fallback_enabled(manifest),
         )
-        logger.info("loaded models version %s on %s", manifest.get("version"), dev)
+        logger.info(
+            "loaded models version %s on %s (OOD %s, crop fallback %s)",
+            manifest.get("version"),
+            dev,
+            "off" if analyzer.ood is None else f"limit {analyzer.ood.threshold:.2f}",
+            "on" if analyzer.crop_fallback else "off",
+        )
         return analyzer
 
     @property
     def version(self) -> str:
         return str(self.manifest.get("version", "unknown"))
 
+    def _ood_scores(self, views: Sequence[view_stage.ViewPrediction]) -> list[float | None]:
+        """Each image's OOD score from its view features (all None without an OOD Gaussian)."""
+        if self.ood is None or not views:
+            return [None] * len(views)
+        if any(v.features is None for v in views):
+            raise ValueError("the OOD score needs the view stage's features, but the view stage gave none")
+        return [float(s) for s in self.ood.scores(np.stack([v.features for v in views]))]
+
     def analyze_study(self, images: Sequence[np.ndarray], *, no_crop_ablation: bool = False) -> StudyPrediction:
-        """Run every stage on a study's images (display arrays); non-frontal images are only view-classified."""
+        """Run every stage on a study's images (display arrays); images that are not frontal, out of
+        distribution or without plausible lung fields are not analysed (``reason``)."""
         for i, image in enumerate(images):
             if image.ndim != 2:
                 raise ValueError(f"images[{i}] must be a 2-D display array, got shape {image.shape}")
@@ -136,42 +174,56 @@ class Analyzer:
             return out
 
         views = timed("view", self.view.predict, list(images)) if images else []
-        frontal = [i for i, v in enumerate(views) if v.label == "frontal"]
-        frontal_images = [images[i] for i in frontal]
+        scores = timed("ood", self._ood_scores, views) if self.ood is not None else [None] * len(views)
+        reasons: dict[int, str] = {}
+        for i, (v, score) in enumerate(zip(views, scores, strict=True)):
+            reason = view_reason(v.label)
+            if reason is None and score is not None and self.ood is not None:
+                reason = self.ood.reason(score)
+            if reason is not None:
+                reasons[i] = reason
+        candidates = [i for i in range(len(views)) if i not in reasons]
+        lung_preds: dict[int, lungs_stage.LungPrediction] = {}
+        crops: dict[int, CropDecision] = {}
+        if candidates:
+            predicted = timed("lungs", self.lungs.predict, [images[i] for i in candidates])
+            for i, lp in zip(candidates, predicted, strict=True):
+                crop = decide_crop(lp.mask, shape=images[i].shape)
+                lung_preds[i], crops[i] = lp, crop
+                if crop.fallback and not self.crop_fallback:
+                    reasons[i] = no_lung_fields(crop.reason or "no lung mask")
+                elif crop.fallback:
+                    logger.info("image %d of study: lung crop fallback (%s)", i, crop.reason)
+        analysed = [i for i in candidates if i not in reasons]
+        for i, reason in sorted(reasons.items()):
+            logger.info("image %d of study not analysed: %s", i, reason)
         per_image: dict[int, ImagePrediction] = {}
         label: str | None = None
         probabilities: dict[str, float] | None = None
-        if frontal_images:
-            lung_preds = timed("lungs", self.lungs.predict, frontal_images)
-            crops: list[CropDecision] = [
-                decide_crop(lp.mask, shape=img.shape) for lp, img in zip(lung_preds, frontal_images, strict=True)
-            ]
-            crop_boxes = [c.box for c in crops]
+        if analysed:
+            frontal_images = [images[i] for i in analysed]
+            crop_boxes = [crops[i].box for i in analysed]
+            masks = [lung_preds[i].mask for i in analysed]
             dets = timed("detection", self.detection.predict, frontal_images, crops=crop_boxes)
             no_crop: list[Any] | None = None
             if no_crop_ablation:
                 whole = [Box(0.0, 0.0, float(img.shape[1]), float(img.shape[0])) for img in frontal_images]
                 no_crop = timed("detection_no_crop", self.detection.predict, frontal_images, crops=whole)
-            opac = timed(
-                "opacity", self.opacity.predict, frontal_images, crops=crop_boxes, lung_masks=[lp.mask for lp in lung_preds]
-            )
+            opac = timed("opacity", self.opacity.predict, frontal_images, crops=crop_boxes, lung_masks=masks)
             study_inputs = [
-                study_stage.StudyImageInput(
-                    image=img, lung_mask=lp.mask, opacity_probability=op.probability, crop=c.box
-                )
-                for img, lp, op, c in zip(frontal_images, lung_preds, opac, crops, strict=True)
+                study_stage.StudyImageInput(image=img, lung_mask=m, opacity_probability=op.probability, crop=box)
+                for img, m, op, box in zip(frontal_images, masks, opac, crop_boxes, strict=True)
             ]
             study_pred = timed("study", self.study.predict, [study_inputs])[0]
             label, probabilities = study_pred.label, dict(study_pred.probabilities)
-            for k, idx in enumerate(frontal):
-                c = crops[k]
-                if c.fallback:
-                    logger.info("image %d of study: lung crop fallback (%s)", idx, c.reason)
+            for k, idx in enumerate(analysed):
+                c = crops[idx]
                 per_image[idx] = ImagePrediction(
                     view=views[idx].label,
                     view_probabilities=dict(views[idx].probabilities),
                     analysed=True,
-                    lung_mask=lung_preds[k].mask,
+                    ood_score=scores[idx],
+                    lung_mask=masks[k],
                     lung_box=None if c.fallback else c.box,
                     crop_fallback=c.fallback,
                     crop_reason=c.reason,
@@ -184,7 +236,15 @@ class Analyzer:
                 )
         results = tuple(
             per_image.get(i)
-            or ImagePrediction(view=v.label, view_probabilities=dict(v.probabilities), analysed=False)
+            or ImagePrediction(
+                view=v.label,
+                view_probabilities=dict(v.probabilities),
+                analysed=False,
+                reason=reasons[i],
+                ood_score=scores[i],
+                lung_mask=lung_preds[i].mask if i in lung_preds else None,
+                crop_reason=crops[i].reason if i in crops else None,
+            )
             for i, v in enumerate(views)
         )
         return StudyPrediction(label=label, probabilities=probabilities, images=results, timings_ms=timings)
