@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from cxr_models.train.acquisition import AcquisitionJitter
 
 
 @dataclass(frozen=True)
@@ -92,3 +96,21 @@ def jitter_intensity(x: torch.Tensor, *, jitter: IntensityJitter, generator: tor
     mean = out.mean(dim=tuple(range(1, x.dim())), keepdim=True)
     out = (out - mean) * contrast + mean + brightness + sigma * noise.to(x.device)
     return out.clamp(0.0, 1.0)
+
+
+def acquisition(x: torch.Tensor, *, jitter: "AcquisitionJitter | None", generator: torch.Generator, channels: int = 1) -> torch.Tensor:
+    """Real-acquisition jitter (:mod:`cxr_models.train.acquisition`) of the first ``channels`` channels; ``x`` itself when ``jitter`` is None."""
+    if jitter is None:
+        return x
+    from cxr_models.train.acquisition import jitter_acquisition
+
+    return jitter_acquisition(x, jitter=jitter, generator=generator, channels=channels)
+
+
+def acquisition_from_args(args: object) -> "AcquisitionJitter | None":
+    """The trainers' ``--acquisition-jitter`` flag as jitter settings (the module defaults), or None."""
+    if not getattr(args, "acquisition_jitter", False):
+        return None
+    from cxr_models.train.acquisition import AcquisitionJitter
+
+    return AcquisitionJitter()

@@ -54,6 +54,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--resume", type=Path, default=None, help="checkpoint to resume from")
+    parser.add_argument(
+        "--acquisition-jitter", action="store_true",
+        help="also simulate real acquisitions in training (CR processing, CLAHE, 8-bit, JPEG, burned-in text; train/acquisition.py)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="disable progress bars")
     return parser
 

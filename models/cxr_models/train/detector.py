@@ -50,6 +50,8 @@ opacity masks (all uint8) and the geometry. ``--workers`` also parallelises this
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import argparse
 import dataclasses
 import json
@@ -71,12 +73,15 @@ from cxr_models.inference.crop import box_to_crop, crop_and_resize, decide_crop,
 from cxr_models.inference.detection import OpacityDetector
 from cxr_models.nets.detectors import ARCHS, INPUT_SIZE, OPACITY_LABEL, OpacityAuxHead, build_detector
 from cxr_models.records import Box, ImageRecord, ScoredBox
-from cxr_models.train.augment import IntensityJitter, jitter_intensity
+from cxr_models.train.augment import IntensityJitter, acquisition, acquisition_from_args, jitter_intensity
 from cxr_models.train.cache import cached_arrays
 from cxr_models.train.common import add_common_args
 from cxr_models.train.data import read_args_records, sample_weights, split_records
 from cxr_models.train.engine import Defaults, configure_logging, fit, setup_run
 from cxr_models.train.lung_source import LungMaskSource
+
+if TYPE_CHECKING:
+    from cxr_models.train.acquisition import AcquisitionJitter
 
 logger = logging.getLogger(__name__)
 
@@ -603,6 +608,7 @@ class DetectorTask:
         self.auxiliary = aux.head if aux is not None else None
         self.sample_weights = sample_weights
         self.components: dict[str, float] = {}
+        self.acquisition: AcquisitionJitter | None = None
 
     @property
     def train_size(self) -> int:
@@ -614,6 +620,7 @@ class DetectorTask:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         samples = [self.dataset.sample(int(i), rng=np.random.default_rng((seed, int(i)))) for i in indices]
         images = jitter_intensity(torch.stack([s.image for s in samples]), jitter=INTENSITY, generator=generator)
+        images = acquisition(images, jitter=self.acquisition, generator=generator)
         targets = [{k: v.to(device) for k, v in s.target.items()} for s in samples]
         losses = model(list(images.to(device)), targets)
         if self.aux is not None:
@@ -662,6 +669,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         no_crop=args.no_crop, validate_whole=not args.no_crop and args.whole_image_fraction > 0, aux=aux,
         sample_weights=weights,
     )
+    task.acquisition = acquisition_from_args(args)
     defaults = dataclasses.replace(DEFAULTS, weight_decay=args.weight_decay)
     result = fit(args, task=task, model=model, defaults=defaults, device=device)
     return {**dataclasses.asdict(result), "train_images": len(split.train), "pseudo_images": split.n_pseudo}

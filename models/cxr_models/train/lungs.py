@@ -21,7 +21,7 @@ from cxr_models.imaging import resize
 from cxr_models.inference.lungs import lung_input
 from cxr_models.nets.lungs import INPUT_SIZE, build_lungs
 from cxr_models.records import ImageRecord
-from cxr_models.train.augment import AffineJitter, IntensityJitter, jitter_intensity, random_affine, warp
+from cxr_models.train.augment import acquisition_from_args, AffineJitter, IntensityJitter, jitter_intensity, random_affine, warp
 from cxr_models.train.common import add_common_args
 from cxr_models.train.data import from_uint8, load_split_arrays, sample_weights, to_uint8
 from cxr_models.train.engine import Defaults, configure_logging, fit, setup_run
@@ -83,6 +83,7 @@ def main(args: argparse.Namespace) -> None:
     )
     task = LungTask(images=arrays["image"], masks=arrays["mask"], n_train=len(split.train))
     task.sample_weights = sample_weights(split.train)
+    task.acquisition = acquisition_from_args(args)
     result = fit(args, task=task, model=build_lungs(), defaults=DEFAULTS, device=device)
     print(json.dumps(asdict(result)))
 

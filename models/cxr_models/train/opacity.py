@@ -24,7 +24,7 @@ from cxr_models.datasets import load_image, load_opacity_mask
 from cxr_models.inference.crop import crop_and_resize, decide_crop, expand_box
 from cxr_models.nets.opacity import INPUT_SIZE, build_opacity
 from cxr_models.records import Box, ImageRecord
-from cxr_models.train.augment import IntensityJitter, box_affine, jitter_intensity, warp
+from cxr_models.train.augment import acquisition_from_args, IntensityJitter, box_affine, jitter_intensity, warp
 from cxr_models.train.common import add_common_args
 from cxr_models.train.data import from_uint8, load_split_arrays, sample_weights, to_uint8
 from cxr_models.train.lung_source import LungMaskSource
@@ -154,6 +154,7 @@ def main(args: argparse.Namespace) -> None:
         pixels=arrays["region_pixels"], crops=arrays["crop"], regions=arrays["region"], n_train=len(split.train)
     )
     task.sample_weights = sample_weights(split.train)
+    task.acquisition = acquisition_from_args(args)
     result = fit(args, task=task, model=build_opacity(), defaults=DEFAULTS, device=device)
     print(json.dumps(asdict(result)))
 

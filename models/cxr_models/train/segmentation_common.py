@@ -9,12 +9,17 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cxr_models.nets.common import normalise
+from cxr_models.train.augment import acquisition
+
+if TYPE_CHECKING:
+    from cxr_models.train.acquisition import AcquisitionJitter
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +71,7 @@ class SegmentationTask(ABC):
     metric: str
     higher_is_better: bool
     threshold = 0.5
+    acquisition: "AcquisitionJitter | None" = None  # real-acquisition jitter of the training inputs
 
     def __init__(self, *, n_train: int, n_total: int, val_batch_size: int = 16) -> None:
         self.n_train = n_train
@@ -86,7 +92,8 @@ class SegmentationTask(ABC):
         self, model: torch.nn.Module, indices: np.ndarray, *, generator: torch.Generator, device: torch.device
     ) -> torch.Tensor:
         batch = self.make_batch(indices, generator=generator, device=device)
-        return bce_dice_loss(model(normalise(batch.inputs)).float(), batch.targets)
+        inputs = acquisition(batch.inputs, jitter=self.acquisition, generator=generator)
+        return bce_dice_loss(model(normalise(inputs)).float(), batch.targets)
 
     def validate(self, model: torch.nn.Module, *, device: torch.device) -> dict[str, float]:
         val = np.arange(self.n_train, self.n_total)

@@ -15,6 +15,8 @@ model that has never seen imperfect upstream inputs. The inputs are computed onc
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import argparse
 import json
 import logging
@@ -35,12 +37,15 @@ from cxr_models.inference.study import StudyImageInput, crop_channels, network_i
 from cxr_models.nets.common import load_weights_file
 from cxr_models.nets.study import INPUT_SIZE, build_study
 from cxr_models.records import STUDY_LABELS, ImageRecord
-from cxr_models.train.augment import AffineJitter, IntensityJitter, jitter_intensity, random_affine, warp
+from cxr_models.train.augment import acquisition, acquisition_from_args, AffineJitter, IntensityJitter, jitter_intensity, random_affine, warp
 from cxr_models.train.cache import cached_arrays
 from cxr_models.train.common import add_common_args, resolve_device
 from cxr_models.train.data import from_uint8, read_args_records, record_ids, split_records, study_of, to_uint8
 from cxr_models.train.engine import Defaults, configure_logging, fit, setup_run
 from cxr_models.train.lung_source import file_digest
+
+if TYPE_CHECKING:
+    from cxr_models.train.acquisition import AcquisitionJitter
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +181,7 @@ class StudyTask:
         self.labels = labels
         self.n_train = n_train
         self.val_batch_size = val_batch_size
+        self.acquisition: AcquisitionJitter | None = None
 
     @property
     def train_size(self) -> int:
@@ -193,6 +199,7 @@ class StudyTask:
         x, study_index = self._batch(indices, device=device)
         x = warp(x, random_affine(len(x), jitter=AFFINE, generator=generator), size=INPUT_SIZE)
         x = torch.cat([jitter_intensity(x[:, :1], jitter=INTENSITY, generator=generator), x[:, 1:]], dim=1)
+        x = acquisition(x, jitter=self.acquisition, generator=generator)
         logits = model(network_input(x), study_index, len(indices)).float()
         target = torch.from_numpy(self.labels[indices]).to(device)
         return partial_label_loss(logits, target, label_smoothing=LABEL_SMOOTHING)
@@ -282,6 +289,7 @@ def main(args: argparse.Namespace) -> None:
     task = StudyTask(channels=arrays["channels"], studies=studies, labels=labels, n_train=len(train_studies))
     weights = [split.train[rows[0]].weight for rows in train_studies]
     task.sample_weights = None if len(set(weights)) <= 1 else np.array(weights, dtype=np.float64)
+    task.acquisition = acquisition_from_args(args)
     extra = {"lungs_weights": file_digest(args.lungs_weights), "opacity_weights": file_digest(args.opacity_weights)}
     result = fit(args, task=task, model=build_study(), defaults=DEFAULTS, device=device, extra=extra)
     print(json.dumps(asdict(result)))

@@ -9,6 +9,8 @@ get larger loss weights (inverse square root of their training frequency).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import argparse
 import json
 import logging
@@ -23,10 +25,13 @@ from cxr_models.inference.view import view_input
 from cxr_models.nets.common import normalise
 from cxr_models.nets.view import INPUT_SIZE, build_view
 from cxr_models.records import VIEWS, ImageRecord
-from cxr_models.train.augment import AffineJitter, IntensityJitter, jitter_intensity, random_affine, warp
+from cxr_models.train.augment import acquisition, acquisition_from_args, AffineJitter, IntensityJitter, jitter_intensity, random_affine, warp
 from cxr_models.train.common import add_common_args
 from cxr_models.train.data import from_uint8, load_split_arrays, sample_weights, to_uint8
 from cxr_models.train.engine import Defaults, configure_logging, fit, setup_run
+
+if TYPE_CHECKING:
+    from cxr_models.train.acquisition import AcquisitionJitter
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +70,7 @@ class ViewTask:
         self.n_train = n_train
         self.val_batch_size = val_batch_size
         self.class_weights = class_weights(labels[:n_train], num_classes=len(VIEWS))
+        self.acquisition: AcquisitionJitter | None = None
 
     @property
     def train_size(self) -> int:
@@ -79,6 +85,7 @@ class ViewTask:
         x = self._inputs(indices, device=device)
         x = warp(x, random_affine(len(indices), jitter=AFFINE, generator=generator), size=INPUT_SIZE)
         x = jitter_intensity(x, jitter=INTENSITY, generator=generator)
+        x = acquisition(x, jitter=self.acquisition, generator=generator)
         target = torch.from_numpy(self.labels[indices]).to(device)
         logits = model(normalise(x)).float()
         weights = self.class_weights.to(device)
@@ -117,6 +124,7 @@ def main(args: argparse.Namespace) -> None:
     logger.info("view classes: %s", counts)
     task = ViewTask(images=arrays["image"], labels=labels, n_train=len(split.train))
     task.sample_weights = sample_weights(split.train)
+    task.acquisition = acquisition_from_args(args)
     result = fit(args, task=task, model=build_view(), defaults=DEFAULTS, device=device)
     print(json.dumps(asdict(result)))
 
