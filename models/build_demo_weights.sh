@@ -33,12 +33,12 @@ LUNGS=runs/real/lungs/weights_fp16.pt
 OPACITY=runs/real/opacity/weights_fp16.pt
 COMMON="--threads 2 --no-progress"
 declare -A TRAIN=(
-  [view]="cxr train view --data $NIH --data $COVID,weight=3 --data data/mix --init runs/init/view.pt --epochs 4 --out runs/real/view $COMMON"
+  [view]="cxr train view --data $NIH --data $COVID,weight=3 --data data/mix --init runs/init/view.pt --acquisition-jitter --epochs 6 --out runs/real/view $COMMON"
   [lungs]="cxr train lungs --data $COVID,weight=4 --data data/mix --init runs/init/lungs.pt --epochs 6 --out runs/real/lungs $COMMON"
-  [detector_a]="cxr train detector-a --data $NIH,weight=3 --data data/mix --init runs/init/detector_a.pt --lungs-weights $LUNGS --epochs 4 --cache-dir runs/real/detector_cache --out runs/real/detector_a $COMMON"
-  [detector_b]="cxr train detector-b --data $NIH,weight=3 --data data/mix --init runs/init/detector_b.pt --lungs-weights $LUNGS --epochs 4 --cache-dir runs/real/detector_cache --out runs/real/detector_b $COMMON"
-  [opacity]="cxr train opacity --data $NIH,weight=3 --data data/mix --init runs/init/opacity.pt --lungs-weights $LUNGS --epochs 3 --out runs/real/opacity $COMMON"
-  [study]="cxr train study --data $NIH --data $COVID --data data/mix --init runs/init/study.pt --lungs-weights $LUNGS --opacity-weights $OPACITY --epochs 8 --out runs/real/study $COMMON"
+  [detector_a]="cxr train detector-a --data $NIH,weight=3 --data data/mix --init runs/init/detector_a.pt --lungs-weights $LUNGS --acquisition-jitter --epochs 8 --cache-dir runs/real/detector_cache --out runs/real/detector_a $COMMON"
+  [detector_b]="cxr train detector-b --data $NIH,weight=3 --data data/mix --init runs/init/detector_b.pt --lungs-weights $LUNGS --acquisition-jitter --epochs 8 --cache-dir runs/real/detector_cache --out runs/real/detector_b $COMMON"
+  [opacity]="cxr train opacity --data $NIH,weight=3 --data data/mix --init runs/init/opacity.pt --lungs-weights $LUNGS --acquisition-jitter --epochs 6 --out runs/real/opacity $COMMON"
+  [study]="cxr train study --data $NIH --data $COVID --data data/mix --init runs/init/study.pt --acquisition-jitter --lungs-weights $LUNGS --opacity-weights $OPACITY --epochs 8 --out runs/real/study $COMMON"
 )
 declare -A SOURCES=(
   [view]="$NIH $COVID,weight=3 data/mix"
