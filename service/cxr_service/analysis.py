@@ -18,14 +18,18 @@ import numpy as np
 import pydicom
 
 from cxr_models.inference.pipeline import Analyzer, ImagePrediction
+from cxr_models.inference.reasons import view_reason
+from cxr_models.weights import reporting_threshold
 from cxr_service.ingest import IngestedImage, IngestResult, Rejected
-from cxr_service.results import REASON_LATERAL, REASON_NOT_CHEST, AlgorithmInfo, ImageResult, Opacity, StudyResult
+from cxr_service.results import AlgorithmInfo, ImageResult, Opacity, StudyResult
 
 logger = logging.getLogger(__name__)
 
 ALGORITHM_NAME = "cxr"
-# Fused opacity boxes scoring below this are not reported. The detectors keep low-scoring boxes
-# (down to 0.05) because mAP needs the whole ranking; a report needs a decision.
+# Fused opacity boxes scoring below the reporting threshold are not reported. The detectors keep
+# low-scoring boxes (down to 0.05) because mAP needs the whole ranking; a report needs a decision.
+# The threshold is the weights manifest's "reporting_threshold" (chosen on validation data), an
+# explicit setting overrides it, and this is the fallback when the manifest has none.
 REPORT_MIN_SCORE = 0.3
 REASON_DUPLICATE = "duplicate SOP Instance UID in the study (first instance kept)"
 
@@ -50,12 +54,15 @@ def algorithm_info(manifest: Mapping[str, Any]) -> AlgorithmInfo:
     )
 
 
-def _skip_reason(view: str) -> str | None:
-    if view == "lateral":
-        return REASON_LATERAL
-    if view == "other":
-        return REASON_NOT_CHEST
-    return None
+def report_min_score(manifest: Mapping[str, Any], override: float | None = None) -> float:
+    """The lowest fused opacity score reported: ``override`` when given, else the manifest's
+    ``"reporting_threshold"`` score, else :data:`REPORT_MIN_SCORE`."""
+    if override is not None:
+        if not 0.0 <= override <= 1.0:
+            raise ValueError(f"min_score must be in [0, 1], got {override!r}")
+        return float(override)
+    chosen = reporting_threshold(dict(manifest))
+    return REPORT_MIN_SCORE if chosen is None else chosen
 
 
 def _image_result(image: IngestedImage, prediction: ImagePrediction, *, min_score: float) -> ImageResult:
@@ -65,9 +72,11 @@ def _image_result(image: IngestedImage, prediction: ImagePrediction, *, min_scor
         "sop_class_uid": image.sop_class_uid,
         "view": prediction.view,
         "view_probabilities": prediction.view_probabilities,
+        "ood_score": prediction.ood_score,
     }
     if not prediction.analysed:
-        return ImageResult(**identity, analysed=False, reason=_skip_reason(prediction.view) or f"view {prediction.view}")
+        reason = prediction.reason or view_reason(prediction.view) or "not analysed by the models"
+        return ImageResult(**identity, analysed=False, reason=reason)
     return ImageResult(
         **identity,
         analysed=True,
@@ -102,13 +111,16 @@ def analyze_study(
     analyzer: Analyzer,
     algorithm: AlgorithmInfo,
     ingest_ms: float = 0.0,
-    min_score: float = REPORT_MIN_SCORE,
+    min_score: float | None = None,
 ) -> AnalysedStudy:
     """Run the models over a study's ingested images (batched) and assemble its StudyResult.
 
     Rejected items keep their ingest reason; a rejected item without a SOP Instance UID cannot be
-    referenced from the study's outputs and is returned in ``unattributed``.
+    referenced from the study's outputs and is returned in ``unattributed``. ``min_score`` (None:
+    :func:`report_min_score` of the analyzer's manifest) is the lowest opacity score reported.
     """
+    if min_score is None:
+        min_score = report_min_score(analyzer.manifest)
     seen: set[str] = set()
     images: list[IngestedImage] = []
     order: list[IngestedImage | Rejected] = []

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from cxr_models.inference.pipeline import Analyzer
-from cxr_service.analysis import REPORT_MIN_SCORE, algorithm_info, analyze_study
+from cxr_service.analysis import REPORT_MIN_SCORE, algorithm_info, analyze_study, report_min_score
 from cxr_service.ingest import NO_STUDY_KEY, IngestLimits, group_by_study, ingest_file, iter_dicom_paths
 from cxr_service.outputs import summarize, write_study_folder
 
@@ -31,7 +31,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--max-pixels", type=int, default=IngestLimits().max_pixels, help="largest image accepted")
     parser.add_argument(
-        "--min-score", type=float, default=REPORT_MIN_SCORE, help="lowest fused opacity score reported (0-1)"
+        "--min-score",
+        type=float,
+        default=None,
+        help="lowest fused opacity score reported (0-1); default: the weights manifest's reporting_threshold, "
+        f"else {REPORT_MIN_SCORE}",
     )
     return parser
 
@@ -40,6 +44,7 @@ def main(args: argparse.Namespace) -> None:
     limits = IngestLimits(max_pixels=args.max_pixels)
     analyzer = Analyzer.load(weights_dir=args.weights, device=args.device)
     algorithm = algorithm_info(analyzer.manifest)
+    min_score = report_min_score(analyzer.manifest, args.min_score)
     start = time.perf_counter()
     items = [ingest_file(p, limits=limits) for p in iter_dicom_paths(args.paths)]
     ingest_ms = (time.perf_counter() - start) * 1000.0
@@ -58,7 +63,7 @@ def main(args: argparse.Namespace) -> None:
             analyzer=analyzer,
             algorithm=algorithm,
             ingest_ms=ingest_ms * len(study_items) / n_images,
-            min_score=args.min_score,
+            min_score=min_score,
         )
         unattributed.extend(
             {"source": r.source, "sop_instance_uid": None, "reason": r.reason} for r in study.unattributed

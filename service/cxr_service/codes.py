@@ -66,7 +66,7 @@ LATERAL_VIEW = Code("399067008", "SCT", "lateral")
 UCUM_PERCENT = Code("%", "UCUM", "Percent")
 # UCUM "{pixels}" (TID 1602 matrix size).
 UCUM_PIXELS = Code("{pixels}", "UCUM", "Pixels")
-# UCUM "1" (unity), CID 7181: probabilities and scores in [0, 1].
+# UCUM "1" (unity), CID 7181: probabilities and scores in [0, 1], and other dimensionless scores.
 UCUM_PROBABILITY = Code("1", "UCUM", "no units")
 
 # --- contributing equipment (IHE AI Results) -----------------------------------------------------
@@ -92,6 +92,9 @@ OTHER_VIEW = Code("CXR008", CXR_SCHEME_DESIGNATOR, "Other view or not a chest ra
 NOT_ANALYSED = Code("CXR009", CXR_SCHEME_DESIGNATOR, "Not analysed")
 # 99CXR: statement that the results come from demonstration weights.
 DEMO_WEIGHTS = Code("CXR010", CXR_SCHEME_DESIGNATOR, "Demo weights - not for clinical use")
+# 99CXR: how unlike the training images an analysed image is (cxr_models.inference.ood:
+# sqrt(Mahalanobis^2 / D) of its view-network features; about 1 for training images, UCUM "1").
+OOD_SCORE = Code("CXR011", CXR_SCHEME_DESIGNATOR, "Out-of-distribution score")
 
 # --- lookups by the label strings of cxr_models.records ------------------------------------------
 # The view and category codes are also the concept names of the NUM items holding their

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 
 from cxr_models.inference.pipeline import Analyzer
-from cxr_service.analysis import AnalysedStudy, algorithm_info, analyze_study
+from cxr_service.analysis import AnalysedStudy, algorithm_info, analyze_study, report_min_score
 from cxr_service.ingest import IngestLimits, IngestResult
 from cxr_service.results import AlgorithmInfo
 from cxr_service.settings import Settings
@@ -33,8 +33,14 @@ class AnalysisEngine:
     @classmethod
     def load(cls, settings: Settings) -> AnalysisEngine:
         analyzer = Analyzer.load(weights_dir=settings.weights_dir, device=settings.device)
-        engine = cls(analyzer, min_score=settings.min_score, limits=IngestLimits(max_pixels=settings.max_pixels))
-        logger.info("models %s loaded on %s", engine.model_version, analyzer.device)
+        engine = cls(
+            analyzer,
+            min_score=report_min_score(analyzer.manifest, settings.min_score),
+            limits=IngestLimits(max_pixels=settings.max_pixels),
+        )
+        logger.info(
+            "models %s loaded on %s, opacities reported from score %.3f", engine.model_version, analyzer.device, engine.min_score
+        )
         return engine
 
     @property

@@ -14,17 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+# Reasons the pipeline itself gives, re-exported (ingest gives others).
+from cxr_models.inference.reasons import REASON_LATERAL as REASON_LATERAL
+from cxr_models.inference.reasons import REASON_NOT_CHEST as REASON_NOT_CHEST
 from cxr_models.records import STUDY_LABELS, VIEWS, Box
 
 logger = logging.getLogger(__name__)
 
-# Reasons written for images that are not analysed by the pipeline itself (ingest may give others).
-REASON_LATERAL = "lateral view"
-REASON_NOT_CHEST = "not a chest radiograph"
-
 _BOX_DECIMALS = 1
 _PROBABILITY_DECIMALS = 4
 _PERCENT_DECIMALS = 2
+_OOD_DECIMALS = 4
 _TIMING_DECIMALS = 1
 
 
@@ -59,7 +59,12 @@ class Opacity:
 
 @dataclass(frozen=True)
 class ImageResult:
-    """Result for one source image; ``analysed`` is False for skipped images, with ``reason``."""
+    """Result for one source image; ``analysed`` is False for skipped images, with ``reason``.
+
+    ``ood_score`` is the out-of-distribution score (None when the weights have no OOD model or the
+    image never reached the models); ``crop_fallback`` is True only when the weights manifest
+    enables the whole-image fallback and the lung mask was implausible.
+    """
 
     sop_instance_uid: str
     series_instance_uid: str
@@ -68,6 +73,7 @@ class ImageResult:
     view_probabilities: Mapping[str, float]
     analysed: bool
     reason: str | None = None
+    ood_score: float | None = None
     lung_box: Box | None = None
     crop_fallback: bool = False
     opacities: tuple[Opacity, ...] = ()
@@ -86,6 +92,8 @@ class ImageResult:
             raise ValueError(f"reason must be None for an analysed image, got {self.reason!r}")
         if not self.analysed and self.opacities:
             raise ValueError(f"a skipped image cannot have opacities, got {len(self.opacities)}")
+        if self.ood_score is not None and not (np.isfinite(self.ood_score) and self.ood_score >= 0.0):
+            raise ValueError(f"ood_score must be a finite number >= 0, got {self.ood_score!r}")
         if self.opacity_percent is not None and not 0.0 <= self.opacity_percent <= 100.0:
             raise ValueError(f"opacity_percent must be in [0, 100], got {self.opacity_percent!r}")
         for name in ("lung_mask", "opacity_mask"):
@@ -144,6 +152,7 @@ def _image_json(image: ImageResult) -> dict[str, Any]:
         "view_probabilities": _probabilities_json(image.view_probabilities),
         "analysed": image.analysed,
         "reason": image.reason,
+        "ood_score": None if image.ood_score is None else round(float(image.ood_score), _OOD_DECIMALS),
         "lung_box": _box_json(image.lung_box),
         "opacities": [
             {"box": _box_json(o.box), "score": round(float(o.score), _PROBABILITY_DECIMALS)}

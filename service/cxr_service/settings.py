@@ -79,7 +79,12 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1, description="Largest request body of POST /v1/analyze.")
     max_pixels: int = Field(64_000_000, ge=1, description="Largest image accepted (rows x columns).")
-    min_score: float = Field(0.3, ge=0, le=1, description="Lowest fused opacity score reported.")
+    min_score: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Lowest fused opacity score reported; unset: the weights manifest's reporting_threshold, else 0.3.",
+    )
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

@@ -14,7 +14,12 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless
 
+from cxr_models.inference.pipeline import Analyzer
 from cxr_models.phantom.generate import generate_dataset
+from cxr_models.weights import MANIFEST_NAME, default_weights_dir, load_manifest
+from cxr_service.analysis import REPORT_MIN_SCORE, algorithm_info, analyze_study, report_min_score
+from cxr_service.ingest import ingest_file
+from cxr_service.settings import Settings
 from tests.corpus import MALFORMED_CASES, REFERENCE_CASE, build_corpus
 
 CXR = [sys.executable, "-m", "cxr_service.cli", "analyze"]
@@ -66,7 +71,14 @@ def test_result_json_document(first_run: tuple[Path, dict], study_dir: Path) -> 
     analysed = [i for i in doc["images"] if i["analysed"]]
     assert analysed, "the frontal image must be analysed"
     for image in doc["images"]:
-        assert set(image) == {"sop_instance_uid", "view", "view_probabilities", "analysed", "reason", "lung_box", "opacities", "opacity_percent"}
+        assert set(image) == {
+            "sop_instance_uid", "view", "view_probabilities", "analysed", "reason", "ood_score", "lung_box", "opacities",
+            "opacity_percent",
+        }  # fmt: skip
+        if "ood" in load_manifest():
+            assert isinstance(image["ood_score"], float) and image["ood_score"] >= 0.0
+        else:
+            assert image["ood_score"] is None  # the shipped weights have no OOD model
         if image["analysed"]:
             assert image["view"] == "frontal" and image["reason"] is None
             assert 0.0 <= image["opacity_percent"] <= 100.0
@@ -185,3 +197,36 @@ def test_exit_status_is_nonzero_only_when_nothing_could_be_analysed(tmp_path: Pa
     proc = run_analyze([folder], tmp_path / "out")
     assert proc.returncode == 1
     assert "not analysed" in proc.stdout
+
+
+def test_reporting_threshold_comes_from_the_manifest_unless_set() -> None:
+    assert report_min_score({"models": {}}) == REPORT_MIN_SCORE == 0.3
+    assert report_min_score({"reporting_threshold": {"score": 0.42, "rule": "F1 on validation"}}) == 0.42
+    assert report_min_score({"reporting_threshold": {"score": 0.42}}, 0.1) == 0.1
+    assert report_min_score({}, 0.0) == 0.0
+    with pytest.raises(ValueError, match="min_score"):
+        report_min_score({}, 1.5)
+    with pytest.raises(RuntimeError, match="reporting_threshold"):
+        report_min_score({"reporting_threshold": {"score": "high"}})
+    assert Settings(environment="development").min_score is None
+    assert Settings(environment="development", min_score=0.5).min_score == 0.5
+
+
+def test_analysis_reports_opacities_from_the_manifest_threshold(study_dir: Path, tmp_path: Path) -> None:
+    """In process: a manifest "reporting_threshold" replaces 0.3, an explicit min_score wins."""
+    manifest = load_manifest()
+    for entry in manifest["models"].values():
+        (tmp_path / entry["file"]).symlink_to(default_weights_dir() / entry["file"])
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({**manifest, "reporting_threshold": {"score": 0.6}}))
+    analyzer = Analyzer.load(weights_dir=tmp_path, device="cpu")
+    items = [ingest_file(path) for path in sorted(study_dir.rglob("*.dcm"))]
+    uid = study_dir.name
+
+    def scores(min_score: float | None) -> list[float]:
+        study = analyze_study(items, study_instance_uid=uid, analyzer=analyzer, algorithm=algorithm_info(manifest), min_score=min_score)
+        return [o.score for image in study.result.analysed_images for o in image.opacities]
+
+    from_manifest, everything = scores(None), scores(0.0)
+    assert all(s >= 0.6 for s in from_manifest)
+    assert len(from_manifest) == sum(1 for s in everything if s >= 0.6)
+    assert len(everything) > len(from_manifest), "the phantom study should have boxes below 0.6"

@@ -45,6 +45,7 @@ PA_SHAPE, AP_SHAPE, LAT_SHAPE = (200, 160), (180, 150), (190, 170)
 PA_OPACITIES = (Opacity(Box(30.0, 60.0, 70.0, 100.0), 0.8734), Opacity(Box(90.5, 70.25, 130.0, 120.0), 0.4211))
 AP_OPACITIES = (Opacity(Box(0.0, 5.0, 40.0, 50.0), 0.61),)
 STUDY_PROBABILITIES = {"negative": 0.1, "typical": 0.7, "indeterminate": 0.15, "atypical": 0.05}
+PA_OOD_SCORE = 0.812345  # the AP image has none (weights without an OOD model)
 
 
 def make_cr(*, sop_uid: str, photometric: str, shape: tuple[int, int], view: str, seed: int) -> Dataset:
@@ -108,6 +109,7 @@ def make_result(*, demo_weights: bool = True, model_version: str = MODEL_VERSION
         view_probabilities={"frontal": 0.97, "lateral": 0.02, "other": 0.01},
         analysed=True,
         reason=None,
+        ood_score=PA_OOD_SCORE,
         lung_box=pa_lungs,
         crop_fallback=False,
         opacities=PA_OPACITIES,
@@ -137,6 +139,7 @@ def make_result(*, demo_weights: bool = True, model_version: str = MODEL_VERSION
         view_probabilities={"frontal": 0.1, "lateral": 0.88, "other": 0.02},
         analysed=False,
         reason=REASON_LATERAL,
+        ood_score=6.54321,
     )
     return StudyResult(
         study_instance_uid=STUDY_UID,
@@ -249,12 +252,18 @@ def test_result_json_document_is_rounded_and_stable(result):
     ]
     assert pa["lung_box"] == [20.0, 40.0, 140.0, 170.0] and pa["opacity_percent"] == 12.35
     assert ap["lung_box"] is None and ap["analysed"] is True and ap["reason"] is None
+    assert pa["ood_score"] == 0.8123 and ap["ood_score"] is None
+    assert list(pa) == [
+        "sop_instance_uid", "view", "view_probabilities", "analysed", "reason", "ood_score", "lung_box", "opacities",
+        "opacity_percent",
+    ]  # fmt: skip
     assert lateral == {
         "sop_instance_uid": LAT_UID,
         "view": "lateral",
         "view_probabilities": {"frontal": 0.1, "lateral": 0.88, "other": 0.02},
         "analysed": False,
         "reason": "lateral view",
+        "ood_score": 6.5432,
         "lung_box": None,
         "opacities": [],
         "opacity_percent": None,
@@ -271,6 +280,9 @@ def test_result_rejects_inconsistent_images():
         ImageResult(LAT_UID, "1.2", ComputedRadiographyImageStorage, "oblique", {}, analysed=True)
     with pytest.raises(ValueError, match="score"):
         Opacity(Box(0, 0, 1, 1), 1.5)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="ood_score"):
+            ImageResult(LAT_UID, "1.2", ComputedRadiographyImageStorage, "lateral", {}, analysed=False, reason="x", ood_score=bad)
 
 
 def test_derived_uids_are_deterministic_valid_and_distinct():
@@ -326,6 +338,10 @@ def test_sr_round_trip_content(written, result):
     assert view.value == hd.sr.CodedConcept.from_code(codes.FRONTAL_VIEW)
     (frontal,) = pa_lungs.get_measurements(name=codes.FRONTAL_VIEW)
     assert frontal.value == pytest.approx(0.97)
+    (ood,) = pa_lungs.get_measurements(name=codes.OOD_SCORE)
+    assert ood.value == pytest.approx(PA_OOD_SCORE) and ood.unit.value == "1" and ood.unit.scheme_designator == "UCUM"
+    assert codes.OOD_SCORE.scheme_designator == "99CXR" and codes.OOD_SCORE.meaning == "Out-of-distribution score"
+    assert ap_lungs.get_measurements(name=codes.OOD_SCORE) == []  # no score computed, no item
 
     root = ds.ContentSequence
     (derived,) = [c for c in root if code_of(c) == ("126011", "DCM")]

@@ -8,7 +8,8 @@ expects each group there to be a planar ROI with a tracking identifier and track
       Image Library: every CR/DX source image whose header is given
       Imaging Measurements (left out when no image was analysed)
         per analysed image, TID 1410 "lungs": closed 5-point POLYLINE around the lung box,
-          Image View = frontal, view probabilities, opacity percent of lung area (UCUM %)
+          Image View = frontal, view probabilities, opacity percent of lung area (UCUM %),
+          out-of-distribution score (99CXR CXR011, UCUM 1) when the weights compute one
         per opacity, TID 1410: closed 5-point POLYLINE, Finding = Opacity (DCM 112001),
           Finding Site = Lung, Certainty of Finding (DCM 111012, UCUM 1)
       Derived Imaging Measurements
@@ -118,6 +119,10 @@ def _lung_group(
                 value=float(image.opacity_percent),
                 unit=codes.UCUM_PERCENT,
             )
+        )
+    if image.ood_score is not None:
+        measurements.append(
+            hd.sr.Measurement(name=codes.OOD_SCORE, value=float(image.ood_score), unit=codes.UCUM_PROBABILITY)
         )
     for view in VIEWS:
         if view in image.view_probabilities:
