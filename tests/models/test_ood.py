@@ -170,6 +170,7 @@ def test_fit_ood_writes_ood_pt_and_its_manifest_entry(weights_with_ood: tuple[Pa
     assert 0.0 <= rates["val_frontal"] <= 0.5
     if fitted["val_other"]:
         assert rates["val_other"] == 1.0
+    assert fitted["all_other"] >= 1 and rates["all_other"] == 1.0  # non-chest images of both parts
     # The other manifest keys are untouched.
     assert manifest["models"] == load_manifest()["models"]
 

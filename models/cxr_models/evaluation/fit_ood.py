@@ -10,7 +10,8 @@ and the records are split into train and validation parts by the shared patient 
 TRAIN part's frontal chest images (``record.view == "frontal"``) of every source; the threshold is
 the ``--quantile`` of the scores of the VALIDATION part's frontal images (real and synthetic
 together). The printed JSON reports how many validation frontal, lateral and ``other`` (non-chest)
-images score above it. ``--write-manifest`` writes ``ood.pt`` into the weights folder and records it,
+images score above it, and how many lateral and ``other`` images of both parts do (they are never
+fitted on). ``--write-manifest`` writes ``ood.pt`` into the weights folder and records it,
 its sha256 and the report under the manifest key ``"ood"``, where
 :class:`cxr_models.inference.pipeline.Analyzer` reads it.
 """
@@ -109,7 +110,13 @@ def fit_and_report(
         scores[view] = scorer.scores(feats) if len(part) else np.zeros(0)
     # Rounded as recorded, so the rates below are those of the recorded threshold.
     threshold = round(float(np.quantile(scores["frontal"], quantile)), 4)
-    rates = {f"val_{view}": rejection_rate(scores[view], threshold) for view in VIEWS}
+    rates: dict[str, Any] = {f"val_{view}": rejection_rate(scores[view], threshold) for view in VIEWS}
+    # Lateral and non-chest images are never fitted on: those of the train part are fair tests too.
+    train_unfitted = {view: [r for r in train if r.view == view] for view in ("lateral", "other")}
+    for view, part in train_unfitted.items():
+        feats, _ = view_features(classifier, part, progress=progress, desc=f"train {view}")
+        both = np.concatenate([scores[view], scorer.scores(feats) if len(part) else np.zeros(0)])
+        rates[f"all_{view}"] = rejection_rate(both, threshold)
     # Not analysed at all (view not frontal, or out of distribution), as the pipeline decides it.
     refused = {
         f"val_{view}": (
@@ -142,6 +149,8 @@ def fit_and_report(
             "val_frontal_by_source": _by_source(val_by_view["frontal"]),
             "val_lateral": len(val_by_view["lateral"]),
             "val_other": len(val_by_view["other"]),
+            "all_lateral": len(val_by_view["lateral"]) + len(train_unfitted["lateral"]),
+            "all_other": len(val_by_view["other"]) + len(train_unfitted["other"]),
             "val_fraction": val_fraction,
             "split_seed": split_seed,
         },
