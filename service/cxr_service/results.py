@@ -14,12 +14,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-# Reasons the pipeline itself gives, re-exported (ingest gives others).
-from cxr_models.inference.reasons import REASON_LATERAL as REASON_LATERAL
-from cxr_models.inference.reasons import REASON_NOT_CHEST as REASON_NOT_CHEST
+from cxr_models.inference.reasons import REASON_LATERAL, REASON_NOT_CHEST
 from cxr_models.records import STUDY_LABELS, VIEWS, Box
 
 logger = logging.getLogger(__name__)
+
+# REASON_*: reasons the pipeline itself gives, re-exported (ingest gives others).
+__all__ = [
+    "REASON_LATERAL",
+    "REASON_NOT_CHEST",
+    "AlgorithmInfo",
+    "ImageResult",
+    "Opacity",
+    "StudyResult",
+    "to_result_json",
+]
 
 _BOX_DECIMALS = 1
 _PROBABILITY_DECIMALS = 4
