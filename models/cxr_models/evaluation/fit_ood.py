@@ -225,7 +225,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from cxr_models.train.common import resolve_device
+    from cxr_models.devices import resolve_device
 
     weights_dir = args.weights or default_weights_dir()
     manifest = load_manifest(weights_dir)

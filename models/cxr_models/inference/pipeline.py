@@ -34,7 +34,7 @@ from cxr_models.inference.crop import CropDecision, decide_crop
 from cxr_models.inference.ood import OODDetector, load_ood
 from cxr_models.inference.reasons import no_lung_fields, view_reason
 from cxr_models.records import Box, ScoredBox
-from cxr_models.train.common import resolve_device
+from cxr_models.devices import resolve_device
 from cxr_models.weights import crop_fallback_enabled, load_manifest, load_state_dict
 
 logger = logging.getLogger(__name__)

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from cxr_models.devices import resolve_device
 from cxr_models.nets.common import fp16_state_dict
 from cxr_models.train.common import (
     BEST_NAME,
@@ -40,7 +41,6 @@ from cxr_models.train.common import (
     load_checkpoint,
     load_init,
     progress,
-    resolve_device,
     save_checkpoint,
     set_seed,
 )

@@ -42,7 +42,7 @@ class LungMaskSource:
     def _predict(self, image: np.ndarray) -> np.ndarray:
         if self._segmenter is None:
             from cxr_models.inference.lungs import LungSegmenter
-            from cxr_models.train.common import resolve_device
+            from cxr_models.devices import resolve_device
             from cxr_models.nets.common import load_weights_file
 
             assert self.weights is not None

@@ -39,7 +39,8 @@ from cxr_models.nets.study import INPUT_SIZE, build_study
 from cxr_models.records import STUDY_LABELS, ImageRecord
 from cxr_models.train.augment import acquisition, acquisition_from_args, AffineJitter, IntensityJitter, jitter_intensity, random_affine, warp
 from cxr_models.train.cache import cached_arrays
-from cxr_models.train.common import add_common_args, resolve_device
+from cxr_models.devices import resolve_device
+from cxr_models.train.common import add_common_args
 from cxr_models.train.data import from_uint8, read_args_records, record_ids, split_records, study_of, to_uint8
 from cxr_models.train.engine import Defaults, configure_logging, fit, setup_run
 from cxr_models.train.lung_source import file_digest
