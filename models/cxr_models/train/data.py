@@ -102,10 +102,10 @@ def read_args_records(args: argparse.Namespace) -> list[ImageRecord]:
 def sample_weights(records: Sequence[ImageRecord]) -> np.ndarray | None:
     """Per-record sampling weights, or None when they are all equal (plain shuffling)."""
     weights = np.array([r.weight for r in records], dtype=np.float64)
+    if weights.size and not weights.sum() > 0:
+        raise ValueError("every training record has weight 0 (weight=0 sources are for validation only)")
     if weights.size == 0 or np.all(weights == weights[0]):
         return None
-    if not weights.sum() > 0:
-        raise ValueError("every training record has weight 0")
     return weights
 
 
