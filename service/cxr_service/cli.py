@@ -13,7 +13,10 @@ from collections.abc import Sequence
 
 from cxr_models.cli import COMMANDS as MODEL_COMMANDS
 from cxr_models.cli import Command, dispatch
+from cxr_service.logs import configure_logging
 from cxr_service.settings import SettingsError
+
+logger = logging.getLogger(__name__)
 
 SERVICE_COMMANDS: dict[str, dict[str, Command] | Command] = {
     "analyze": Command("cxr_service.analyze_cli", "analyse DICOM files/folders: SR, GSPS, SEG, SC and result.json"),
@@ -38,12 +41,8 @@ def _usage(message: str | None = None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=os.environ.get("CXR_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # highdicom logs every attribute module it copies at INFO.
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    # Every command logs through the redacting handler: no patient data or secret in any log.
+    configure_logging(os.environ.get("CXR_LOG_LEVEL", "INFO"))
     if not argv or argv[0] in ("-h", "--help", "help"):
         _usage()
         raise SystemExit(0 if argv else 2)
