@@ -554,14 +554,14 @@ class _Builder:
 
         name = "ct_modality"
         ds = self.image(name, v, bits_stored=BITS, sop_class=CTImageStorage, modality="CT")
-        self.malformed(name, self.write(name, ds), "not a CR/DX image (Modality CT)", study=study)
+        self.malformed(name, self.write(name, ds), "not a CR/DX image (SOP Class CT Image Storage)", study=study)
 
         name = "structured_report"
         ds = self.dataset(name, sop_class=BasicTextSRStorage, modality="SR")
         for keyword in ("ImagerPixelSpacing", "PatientOrientation", "ViewPosition", "ImageType"):
             delattr(ds, keyword)
         ds.ValueType = "CONTAINER"
-        self.malformed(name, self.write(name, ds), "not an image for analysis (Modality SR)", study=study)
+        self.malformed(name, self.write(name, ds), "not an image for analysis (SOP Class Basic Text SR Storage)", study=study)
 
         name = "decompression_bomb"
         ds = self.image(name, v[:8, :8], bits_stored=BITS)

@@ -12,8 +12,18 @@ Decisions:
   analysed with a logged warning (the view filter downstream decides whether it is a chest
   image). An instance without SOPClassUID is analysed when its Modality is CR or DX.
 * Secondary Capture, SR, presentation states, SEG and key object selection are what this
-  project writes back into the PACS, so they are rejected as "not an image for analysis";
-  Secondary Capture is rejected even with Modality CR (digitised films are not supported).
+  project writes back into the PACS, so they are rejected; Secondary Capture is rejected even
+  with Modality CR or DX (digitised films are not supported). A reason names what rules the
+  instance out: the SOP class when there is one (``not a CR/DX image (SOP Class Secondary
+  Capture Image Storage)``, ``not an image for analysis (SOP Class Basic Text SR Storage)``),
+  the Modality only for an instance without SOPClassUID.
+* UIDs must be valid (:func:`cxr_service.uids.uid_problem`: no leading zeros, digits and dots,
+  at most 64 characters); a rejection never carries an invalid UID, so an instance with an
+  invalid StudyInstanceUID is attributed to no study.
+* The grey-level transform is checked before decoding: a RescaleSlope that is zero, infinite
+  or NaN (or a non-finite RescaleIntercept, WindowCenter or WindowWidth) is an "unusable
+  grey-level transform", never an image for the models to call "not a chest radiograph";
+  neither is an image whose every pixel displays the same grey ("blank image").
 * Rows and Columns are checked against :class:`IngestLimits` from the header before any
   pixel data is decoded, so a decompression bomb is never allocated.
 * Patient names and IDs are never logged: log lines name the SOP Instance UID (or, when the
@@ -64,6 +74,8 @@ from pydicom.uid import (
 )
 
 from cxr_models.imaging import display_array
+from cxr_service.logs import configure_logging
+from cxr_service.uids import uid_problem
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +114,17 @@ OUTPUT_SOP_CLASSES: frozenset[str] = frozenset(
     }
 )
 OUTPUT_MODALITIES: frozenset[str] = frozenset({"SR", "PR", "SEG", "KO", "DOC"})
+#: Image SOP classes among them: "not a CR/DX image"; the others are "not an image for analysis".
+SECONDARY_CAPTURE_SOP_CLASSES: frozenset[str] = frozenset(
+    {
+        SecondaryCaptureImageStorage,
+        MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+        MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+        MultiFrameSingleBitSecondaryCaptureImageStorage,
+        MultiFrameTrueColorSecondaryCaptureImageStorage,
+    }
+)
+UID_KEYWORDS: tuple[str, ...] = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 # Suffixes of files that are never DICOM; skipped when walking a folder.
 NON_DICOM_SUFFIXES: frozenset[str] = frozenset(
@@ -120,6 +143,8 @@ _BULK_TAGS = frozenset(
 )
 _PIXEL_DATA_TAG_BYTES = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
 _MAX_MESSAGE = 160
+# Display range (of [0, 1]) below which an image shows nothing: less than one 8-bit grey level.
+_BLANK_RANGE = 1.0 / 255.0
 
 
 @dataclass(frozen=True)
@@ -203,6 +228,9 @@ def ingest_bytes(data: bytes, *, source: str, limits: IngestLimits = IngestLimit
         return read
     if "PixelData" not in read and any(tag in data for tag in _PIXEL_DATA_TAG_BYTES):
         return _truncated_pixel_data(data, source=source)
+    cut = _cut_short(read)
+    if cut is not None:
+        return _reject(source=source, header=read, reason=f"truncated file (pixel data {cut[0]} of {cut[1]} bytes)")
     return _ingest(read, source=source, limits=limits)
 
 
@@ -278,6 +306,23 @@ def _read_dataset(data: bytes, *, source: str) -> Dataset | Rejected:
     return ds
 
 
+def _cut_short(ds: Dataset) -> tuple[int, int] | None:
+    """(bytes read, bytes declared) when the file ends inside its native pixel data element.
+
+    pydicom keeps what it could read of the value; its declared length is still on the raw
+    element (read before anything touches it), and tells a truncated file from a complete file
+    whose pixel data is simply too short for Rows x Columns.
+    """
+    if "PixelData" not in ds:
+        return None
+    raw = ds.get_item(0x7FE00010)
+    declared = getattr(raw, "length", None)
+    value = getattr(raw, "value", None)
+    if not isinstance(declared, int) or declared == 0xFFFFFFFF or not isinstance(value, bytes):
+        return None
+    return (len(value), declared) if len(value) < declared else None
+
+
 def _truncated_pixel_data(data: bytes, *, source: str) -> Rejected:
     """Reject a file whose pixel data element runs past the end of the file.
 
@@ -308,7 +353,7 @@ def _ingest(ds: Dataset, *, source: str, limits: IngestLimits) -> IngestResult:
     if isinstance(decoder, str):
         return _reject(source=source, header=ds, reason=decoder)
     if not transfer_syntax.is_encapsulated:
-        reason = _native_length_problem(ds, from_file=isinstance(ds, pydicom.FileDataset))
+        reason = _native_length_problem(ds)
         if reason is not None:
             return _reject(source=source, header=ds, reason=reason)
 
@@ -330,6 +375,8 @@ def _ingest(ds: Dataset, *, source: str, limits: IngestLimits) -> IngestResult:
     del pixels
     if not np.all(np.isfinite(display)):
         return _reject(source=source, header=ds, reason="unusable grey-level transform: non-finite display values")
+    if float(display.max()) - float(display.min()) < _BLANK_RANGE:
+        return _reject(source=source, header=ds, reason="blank image (every pixel displays the same grey level)")
 
     sop_class = _sop_class(ds) or ""
     modality = _text(ds, "Modality").upper()
@@ -376,12 +423,17 @@ def _header_problem(ds: Dataset, *, limits: IngestLimits) -> str | None:
     reason = _sop_class_problem(ds)
     if reason is not None:
         return reason
-    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+    for keyword in UID_KEYWORDS:
         if not _text(ds, keyword):
             return f"missing {keyword}"
+    for keyword in UID_KEYWORDS:
+        problem = uid_problem(_text(ds, keyword))
+        if problem is not None:
+            return f"invalid {keyword} ({problem})"
     if "PixelData" not in ds:
-        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
-            return "unsupported float pixel data"
+        for keyword in ("FloatPixelData", "DoubleFloatPixelData"):
+            if keyword in ds:
+                return f"unsupported float pixel data ({keyword})"
         return "no pixel data"
     photometric = _text(ds, "PhotometricInterpretation").upper()
     if not photometric:
@@ -395,8 +447,12 @@ def _header_problem(ds: Dataset, *, limits: IngestLimits) -> str | None:
     if frames is not None and frames > 1:
         return f"multi-frame image (NumberOfFrames {frames})"
     rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
-    if rows is None or columns is None:
-        return "missing Rows or Columns"
+    for keyword, value in (("Rows", rows), ("Columns", columns)):
+        if value is None:
+            return f"missing {keyword}"
+        if value <= 0:
+            return f"invalid image size ({keyword} {value})"
+    assert rows is not None and columns is not None
     if rows * columns > limits.max_pixels:
         return f"image too large: {columns} x {rows} pixels (limit {limits.max_pixels})"
     if max(rows, columns) > limits.max_side:
@@ -404,29 +460,78 @@ def _header_problem(ds: Dataset, *, limits: IngestLimits) -> str | None:
     if min(rows, columns) < limits.min_side:
         return f"image too small: {columns} x {rows} pixels"
     allocated, stored = _int(ds, "BitsAllocated"), _int(ds, "BitsStored")
+    if allocated is None:
+        return "missing BitsAllocated"
     if allocated not in (8, 16):
         return f"unsupported bit depth (BitsAllocated {allocated})"
-    if stored is None or not 8 <= stored <= allocated:
-        return f"unsupported bit depth (BitsStored {stored}, BitsAllocated {allocated})"
+    if stored is None:
+        return "missing BitsStored"
+    if stored > allocated:
+        return f"invalid bit depth (BitsStored {stored} exceeds BitsAllocated {allocated})"
+    if stored < 8:
+        return f"unsupported bit depth (BitsStored {stored}, at least 8 needed)"
     representation = _int(ds, "PixelRepresentation")
     if representation not in (0, 1):
         return f"unsupported PixelRepresentation {representation}"
+    return _grey_transform_problem(ds)
+
+
+def _grey_transform_problem(ds: Dataset) -> str | None:
+    """An unusable Modality LUT (rescale) or window, found from the header.
+
+    A zero, infinite or NaN RescaleSlope maps every pixel to one value or to no number at all;
+    the models would see a blank image and call it "not a chest radiograph". The rescale is
+    what applies when there is no Modality LUT Sequence (which replaces it), and a window is
+    checked only where it is given.
+    """
+    checks: list[tuple[str, bool]] = [("WindowCenter", False), ("WindowWidth", False)]
+    if not ("ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence) > 0):
+        checks = [("RescaleSlope", True), ("RescaleIntercept", False), *checks]
+    for keyword, nonzero in checks:
+        if keyword not in ds:
+            continue
+        values = _floats(ds, keyword)
+        if values is None:
+            return f"unusable grey-level transform: unreadable {keyword}"
+        for value in values:
+            if not math.isfinite(value) or (nonzero and value == 0.0):
+                return f"unusable grey-level transform: {keyword} {value:g}"
     return None
 
 
+def _floats(ds: Dataset, keyword: str) -> list[float] | None:
+    """The numeric values of ``keyword`` (one or many), or None when one is not a number."""
+    try:
+        value = ds[keyword].value
+        if value is None or value == "":
+            return []
+        items = value if isinstance(value, (list, tuple, MultiValue)) else [value]
+        return [float(v) for v in items]
+    except (TypeError, ValueError, OverflowError) as exc:
+        logger.debug("unreadable %s (%s)", keyword, type(exc).__name__)
+        return None
+
+
 def _sop_class_problem(ds: Dataset) -> str | None:
+    """Why the SOP class (or, without one, the Modality) rules the instance out.
+
+    The SOP class governs, so the reason names it whenever there is one: a Secondary Capture
+    with Modality DX is refused for being a Secondary Capture, not for its Modality.
+    """
     sop_class = _sop_class(ds)
     modality = _text(ds, "Modality").upper()
     if sop_class in ANALYSIS_SOP_CLASSES:
         return None
-    if sop_class in OUTPUT_SOP_CLASSES or modality in OUTPUT_MODALITIES:
-        what = f"Modality {modality}" if modality else UID(sop_class or "").name or "no Modality"
-        return f"not an image for analysis ({what})"
+    if sop_class:
+        name = UID(sop_class).name
+        if sop_class in OUTPUT_SOP_CLASSES and sop_class not in SECONDARY_CAPTURE_SOP_CLASSES:
+            return f"not an image for analysis (SOP Class {name})"
+        return f"not a CR/DX image (SOP Class {name})"
+    if modality in OUTPUT_MODALITIES:
+        return f"not an image for analysis (Modality {modality}, no SOP Class)"
     if modality not in ANALYSIS_MODALITIES:
-        return f"not a CR/DX image (Modality {modality})" if modality else "not a CR/DX image (no Modality)"
-    if not sop_class:
-        return None  # Modality CR/DX without SOPClassUID: analysed, SOP class reported empty
-    return f"unsupported SOP class {UID(sop_class).name} (Modality {modality})"
+        return f"not a CR/DX image (Modality {modality}, no SOP Class)" if modality else "not a CR/DX image (no SOP Class, no Modality)"
+    return None  # Modality CR/DX without SOPClassUID: analysed, SOP class reported empty
 
 
 def _transfer_syntax(ds: Dataset) -> UID | None:
@@ -453,13 +558,15 @@ def _decoder(transfer_syntax: UID) -> Decoder | str:
     return decoder
 
 
-def _native_length_problem(ds: Dataset, *, from_file: bool) -> str | None:
-    """Short uncompressed pixel data, found before the decoder sees it."""
+def _native_length_problem(ds: Dataset) -> str | None:
+    """Uncompressed pixel data too short for Rows x Columns, found before the decoder sees it.
+
+    (A file that ends inside the element is a "truncated file", found by :func:`_cut_short`.)
+    """
     expected = int(ds.Rows) * int(ds.Columns) * (int(ds.BitsAllocated) // 8)
     actual = len(ds.PixelData)
     if actual < expected:
-        what = "truncated file" if from_file else "truncated pixel data"
-        return f"{what} (pixel data {actual} of {expected} bytes)"
+        return f"short pixel data ({actual} of {expected} bytes for {int(ds.Columns)} x {int(ds.Rows)} pixels)"
     return None
 
 
@@ -538,7 +645,9 @@ def _reject(*, source: str, reason: str, header: Dataset | None = None) -> Rejec
     """A rejection carrying whatever identifying UIDs ``header`` has (never patient data)."""
 
     def uid(keyword: str) -> str | None:
-        return (_text(header, keyword) or None) if header is not None else None
+        # An invalid UID is never passed on: it could not name the instance or study elsewhere.
+        value = _text(header, keyword) if header is not None else ""
+        return value if value and uid_problem(value) is None else None
 
     sop_uid = uid("SOPInstanceUID")
     if sop_uid:
@@ -571,7 +680,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    logging.basicConfig(level=os.environ.get("CXR_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     limits = IngestLimits(
         max_pixels=args.max_pixels,
         min_side=args.min_side,
@@ -597,4 +705,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    configure_logging(os.environ.get("CXR_LOG_LEVEL", "WARNING"))
     main(get_args_parser().parse_args())

@@ -1,4 +1,9 @@
-"""Deterministic UIDs for the DICOM outputs.
+"""UIDs: validation of the UIDs that come in, and deterministic UIDs for the DICOM outputs.
+
+Every UID that enters cxr (an API body or path, an ingested instance, a C-STORE) is checked
+by :func:`uid_problem` against PS3.5 §9.1: 1-64 characters, components of digits separated by
+single dots, and no component with a leading zero (``1.2.03.4`` is refused: ``03`` and ``3``
+would be the same number to many systems, and two such UIDs could name one object).
 
 Every UID is a ``2.25.`` UID (ITU-T X.667: the decimal form of a UUID) whose UUID is a
 name-based (version 5) UUID of (source UID, model version, output kind, index), so analysing the
@@ -12,10 +17,45 @@ The UUID scheme itself is :func:`cxr_models.uid.name_uid`.
 from __future__ import annotations
 
 import logging
+import re
 
 from cxr_models.uid import name_uid
 
 logger = logging.getLogger(__name__)
+
+UID_MAX_LENGTH = 64
+#: A valid UID (PS3.5 §9.1), for JSON schemas and path parameters.
+UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
+_DIGITS = re.compile(r"^[0-9]+$")
+
+
+def uid_problem(value: str) -> str | None:
+    """Why ``value`` is not a valid DICOM UID, or None when it is one.
+
+    The reason never repeats the value itself (it may be anything a sender put there); it names
+    the offending component by position.
+    """
+    if not value:
+        return "empty"
+    if len(value) > UID_MAX_LENGTH:
+        return f"longer than {UID_MAX_LENGTH} characters ({len(value)})"
+    for position, component in enumerate(value.split("."), start=1):
+        if not component:
+            return f"component {position} is empty"
+        if not _DIGITS.match(component):
+            return f"component {position} holds characters other than digits"
+        if len(component) > 1 and component.startswith("0"):
+            return f"component {position} has a leading zero ({component})"
+    return None
+
+
+def check_uid(value: str) -> str:
+    """``value`` when it is a valid UID; raises ValueError with the reason otherwise (pydantic
+    validators use it, so an API answers 422 naming the field)."""
+    problem = uid_problem(value)
+    if problem is not None:
+        raise ValueError(f"not a valid DICOM UID: {problem}")
+    return value
 
 # Output kinds, one new series each.
 KIND_SR = "sr"

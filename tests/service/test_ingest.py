@@ -12,7 +12,12 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.pixels.decoders.base import Decoder
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
+    SecondaryCaptureImageStorage,
+)
 
 from cxr_service import ingest
 from cxr_service.ingest import (
@@ -39,7 +44,11 @@ from tests.corpus import (
 )
 
 # pydicom warns (and logs) when it meets the end of the truncated JPEG 2000 file; that is the case under test.
-pytestmark = pytest.mark.filterwarnings("ignore:End of file reached before delimiter:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:End of file reached before delimiter:UserWarning"),
+    # The invalid UIDs and numbers under test are set on purpose; pydicom warns about each.
+    pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning"),
+]
 
 SEED = 0
 Corpus = dict[str, CorpusCase]
@@ -267,9 +276,10 @@ def test_bytes_and_dataset_entry_points(corpus: Corpus, reference_display: np.nd
     assert isinstance(bare, IngestedImage)
     assert np.array_equal(bare.display, reference_display)
 
+    # The file was cut short; handed over as a dataset, only its pixel data is seen to be short.
     no_pixels = pydicom.dcmread(corpus["truncated"].path)
     result = ingest_dataset(no_pixels, source="c-store")
-    assert isinstance(result, Rejected) and result.reason.startswith("truncated")
+    assert isinstance(result, Rejected) and result.reason.startswith("short pixel data (")
 
 
 def test_bare_dataset_without_preamble_is_read(corpus: Corpus, reference_display: np.ndarray) -> None:
@@ -297,7 +307,7 @@ def test_sop_class_decides_over_modality(corpus: Corpus, caplog: pytest.LogCaptu
     ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     ds.Modality = "OT"
     result = ingest_dataset(ds, source="secondary-capture")
-    assert isinstance(result, Rejected) and result.reason == "not an image for analysis (Modality OT)"
+    assert isinstance(result, Rejected) and result.reason == "not a CR/DX image (SOP Class Secondary Capture Image Storage)"
 
 
 def test_iter_dicom_paths(tmp_path: Path) -> None:
@@ -342,3 +352,103 @@ def test_cli_reports_per_study(corpus: Corpus, corpus_dir: Path, capsys: pytest.
     assert f"study {study}: {analysable} of " in out
     assert "rejected garbage.dcm: not a DICOM file" in out
     assert not any(identifier in out for identifier in PATIENT_IDENTIFIERS)
+
+
+def _variant(corpus: Corpus, **attributes: object) -> pydicom.Dataset:
+    """The reference image with ``attributes`` set (None: deleted)."""
+    ds = pydicom.dcmread(corpus[REFERENCE_CASE].path)
+    for keyword, value in attributes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    if "SOPClassUID" in attributes:
+        if attributes["SOPClassUID"] is None:
+            del ds.file_meta.MediaStorageSOPClassUID
+        else:
+            ds.file_meta.MediaStorageSOPClassUID = attributes["SOPClassUID"]
+    return ds
+
+
+def _as_file(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("attributes", "reason"),
+    [
+        # The SOP class governs: a DX Secondary Capture is refused for being a Secondary Capture.
+        ({"SOPClassUID": SecondaryCaptureImageStorage, "Modality": "DX"}, "not a CR/DX image (SOP Class Secondary Capture Image Storage)"),
+        ({"SOPClassUID": SecondaryCaptureImageStorage, "Modality": "CR"}, "not a CR/DX image (SOP Class Secondary Capture Image Storage)"),
+        ({"SOPClassUID": CTImageStorage, "Modality": "CT"}, "not a CR/DX image (SOP Class CT Image Storage)"),
+        ({"SOPClassUID": CTImageStorage, "Modality": "DX"}, "not a CR/DX image (SOP Class CT Image Storage)"),
+        ({"SOPClassUID": GrayscaleSoftcopyPresentationStateStorage, "Modality": "DX"}, "not an image for analysis (SOP Class Grayscale Softcopy Presentation State Storage)"),
+        ({"SOPClassUID": None, "Modality": "CT"}, "not a CR/DX image (Modality CT, no SOP Class)"),
+        ({"SOPClassUID": None, "Modality": "SR"}, "not an image for analysis (Modality SR, no SOP Class)"),
+        ({"Rows": 0}, "invalid image size (Rows 0)"),
+        ({"Columns": None}, "missing Columns"),
+        ({"BitsAllocated": 8, "BitsStored": 12}, "invalid bit depth (BitsStored 12 exceeds BitsAllocated 8)"),
+        ({"BitsStored": 6}, "unsupported bit depth (BitsStored 6, at least 8 needed)"),
+        ({"PhotometricInterpretation": "YBR_FULL"}, "colour image (PhotometricInterpretation YBR_FULL)"),
+        ({"RescaleSlope": "inf", "RescaleIntercept": "0"}, "unusable grey-level transform: RescaleSlope inf"),
+        ({"RescaleSlope": "1e999", "RescaleIntercept": "0"}, "unusable grey-level transform: RescaleSlope inf"),
+        ({"RescaleSlope": "NaN", "RescaleIntercept": "0"}, "unusable grey-level transform: RescaleSlope nan"),
+        ({"RescaleSlope": "0", "RescaleIntercept": "0"}, "unusable grey-level transform: RescaleSlope 0"),
+        ({"RescaleSlope": "1", "RescaleIntercept": "-inf"}, "unusable grey-level transform: RescaleIntercept -inf"),
+        ({"WindowCenter": "2048", "WindowWidth": "inf"}, "unusable grey-level transform: WindowWidth inf"),
+        ({"SOPInstanceUID": "1.2.03.4"}, "invalid SOPInstanceUID (component 3 has a leading zero (03))"),
+        ({"StudyInstanceUID": "1.2.3.04"}, "invalid StudyInstanceUID (component 4 has a leading zero (04))"),
+        ({"SeriesInstanceUID": "1.2..4"}, "invalid SeriesInstanceUID (component 3 is empty)"),
+    ],
+)
+def test_rejection_reason_names_what_is_wrong(corpus: Corpus, attributes: dict[str, object], reason: str) -> None:
+    ds = _variant(corpus, **attributes)
+    result = ingest_dataset(ds, source="variant")
+    assert isinstance(result, Rejected), f"{attributes} was accepted"
+    assert result.reason == reason
+    # The same through a file (which needs Rows, Columns and a SOP class to be written).
+    if not {"Rows", "Columns"} & set(attributes) and attributes.get("SOPClassUID", "") is not None:
+        from_file = ingest_bytes(_as_file(ds), source="variant.dcm")
+        assert isinstance(from_file, Rejected) and from_file.reason == reason
+
+
+def test_a_rejection_never_carries_an_invalid_uid(corpus: Corpus) -> None:
+    """An invalid StudyInstanceUID attributes the instance to no study; an invalid
+    SOPInstanceUID leaves it to be reported by its source label."""
+    study = ingest_dataset(_variant(corpus, StudyInstanceUID="1.2.03.4"), source="bad-study.dcm")
+    assert isinstance(study, Rejected) and study.study_instance_uid is None and study.sop_instance_uid is not None
+    assert list(group_by_study([study])) == [NO_STUDY_KEY]
+    sop = ingest_dataset(_variant(corpus, SOPInstanceUID="1.2.03.4"), source="bad-sop.dcm")
+    assert isinstance(sop, Rejected) and sop.sop_instance_uid is None and sop.study_instance_uid == corpus[REFERENCE_CASE].study_instance_uid
+
+
+def test_modality_lut_sequence_replaces_an_unusable_rescale(corpus: Corpus) -> None:
+    ds = pydicom.dcmread(corpus["modality_lut_sequence"].path)
+    ds.RescaleSlope, ds.RescaleIntercept = "0", "0"  # ignored: the Modality LUT Sequence applies
+    assert isinstance(ingest_dataset(ds, source="lut"), IngestedImage)
+
+
+def test_short_pixel_data_and_truncated_file_are_told_apart(corpus: Corpus) -> None:
+    ds = _variant(corpus)
+    expected = len(ds.PixelData)
+    ds.PixelData = ds.PixelData[:1000]
+    short = ingest_bytes(_as_file(ds), source="short.dcm")
+    columns, rows = int(ds.Columns), int(ds.Rows)
+    assert isinstance(short, Rejected)
+    assert short.reason == f"short pixel data (1000 of {expected} bytes for {columns} x {rows} pixels)"
+    full = corpus[REFERENCE_CASE].path.read_bytes()
+    cut = ingest_bytes(full[:-1000], source="cut.dcm")
+    assert isinstance(cut, Rejected) and cut.reason == f"truncated file (pixel data {expected - 1000} of {expected} bytes)"
+
+
+def test_float_pixel_data_and_blank_images(corpus: Corpus) -> None:
+    ds = _variant(corpus, PixelData=None)
+    ds.FloatPixelData = np.zeros(16, dtype=np.float32).tobytes()
+    result = ingest_dataset(ds, source="float")
+    assert isinstance(result, Rejected) and result.reason == "unsupported float pixel data (FloatPixelData)"
+    ds = _variant(corpus)
+    ds.PixelData = np.full((int(ds.Rows), int(ds.Columns)), 1234, dtype=np.uint16).tobytes()
+    blank = ingest_dataset(ds, source="blank")
+    assert isinstance(blank, Rejected) and blank.reason == "blank image (every pixel displays the same grey level)"
