@@ -97,13 +97,30 @@ def _redact_quoted(match: re.Match[str]) -> str:
     return f"{match['q']}{REDACTED}{match['q']}"
 
 
+# Exceptions whose messages name code (attributes, names, modules), never data.
+_CODE_EXCEPTIONS = re.compile(r"^(?:[\w.]+\.)?(?:AttributeError|NameError|UnboundLocalError|ImportError|ModuleNotFoundError): ")
+_MARKERS = re.compile(r"^\s*[\^~]+\s*$")
+
+
 def redact_traceback(text: str) -> str:
-    """A formatted traceback with its messages redacted and its frame lines (file, line,
-    function: no patient data, and what a developer needs) kept as they are."""
+    """A formatted traceback with its messages redacted. What a developer needs and holds no
+    patient data is kept as it is: frame lines (file, line, function), the source line under
+    each, the ``^^^`` markers, and the messages of exceptions that name code
+    (``AttributeError: 'list' object has no attribute 'get'``)."""
     lines = []
+    in_frame = False
     for line in text.splitlines():
         stripped = line.lstrip()
-        keep = stripped.startswith('File "') or stripped == "Traceback (most recent call last):"
+        if stripped.startswith('File "'):
+            lines.append(line)
+            in_frame = True
+            continue
+        indented = line.startswith("    ")
+        if (in_frame and indented) or _MARKERS.match(line) or _CODE_EXCEPTIONS.match(line):
+            lines.append(line)
+            continue
+        in_frame = False
+        keep = stripped in ("Traceback (most recent call last):", "")
         lines.append(line if keep else redact(line))
     return "\n".join(lines)
 

@@ -52,8 +52,9 @@ def test_redact_keeps_uids_ids_and_prose(text: str) -> None:
 
 
 def test_traceback_keeps_frames_and_redacts_messages() -> None:
+    name = "JOHN" + "DOE"  # a value read from a dataset; source lines are shown as they are
     try:
-        raise ValueError("bad PN value 'JOHNDOE'")
+        raise ValueError(f"bad PN value {name!r}")
     except ValueError:
         import traceback
 
@@ -62,12 +63,25 @@ def test_traceback_keeps_frames_and_redacts_messages() -> None:
     assert "JOHNDOE" not in redacted
     assert 'File "' in redacted and "test_logs.py" in redacted
     assert "ValueError: bad PN value '<redacted>'" in redacted
+    assert 'raise ValueError(f"bad PN value {name!r}")' in redacted
+
+
+def test_traceback_keeps_source_lines_markers_and_code_errors() -> None:
+    text = (
+        "Traceback (most recent call last):\n"
+        '  File "/srv/cxr/outputs.py", line 72, in result_document\n'
+        "    items = datasets.get(kind, [])\n"
+        "            ^^^^^^^^^^^^\n"
+        "AttributeError: 'list' object has no attribute 'get'\n"
+    )
+    assert redact_traceback(text) == text.rstrip("\n")
 
 
 def test_filter_formats_args_and_exception_once() -> None:
     record = logging.LogRecord("highdicom.sr", logging.WARNING, __file__, 1, "name %s, uid %s", ("DOE^JOHN", "1.2.3"), None)
+    value = "JOHN" + "DOE"
     try:
-        raise RuntimeError("value 'JOHNDOE'")
+        raise RuntimeError(f"value {value!r}")
     except RuntimeError:
         record.exc_info = sys.exc_info()
     assert RedactingFilter().filter(record)
