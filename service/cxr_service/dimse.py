@@ -4,7 +4,9 @@ Storage SCP behind ``cxr scp``.
 The SCP writes every received instance, as received, into a spool folder per study
 (``<spool>/<StudyInstanceUID>/<SOPInstanceUID>.dcm``); a study with no new instance for
 ``idle_s`` seconds is closed and handed to ``on_study_closed``. A handler that raises answers
-with a failure status and logs the traceback: the server keeps serving.
+with a failure status and logs the traceback: the server keeps serving. An instance whose
+Study, Series or SOP Instance UID is missing or invalid (:func:`cxr_service.uids.uid_problem`)
+is refused with status A900 and the reason in the Error Comment; nothing of it is spooled.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pynetdicom.sop_class import Verification
 
 from cxr_service.failures import PermanentFailure, TransientFailure
 from cxr_service.outputs import safe_uid_component
+from cxr_service.uids import uid_problem
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +138,13 @@ class StorageSCP:
         if not sop_uid:
             logger.warning("C-STORE: refused an instance without SOPInstanceUID (study %s)", study_uid)
             return _status(STATUS_DATASET_DOES_NOT_MATCH, "missing SOPInstanceUID")
+        series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+        for keyword, value in (("StudyInstanceUID", study_uid), ("SOPInstanceUID", sop_uid), ("SeriesInstanceUID", series_uid)):
+            problem = uid_problem(value) if value or keyword != "SeriesInstanceUID" else None
+            if problem is not None:
+                # The value itself is not logged: it is whatever the sender put there.
+                logger.warning("C-STORE: refused an instance with an invalid %s (%s)", keyword, problem)
+                return _status(STATUS_DATASET_DOES_NOT_MATCH, f"invalid {keyword}: {problem}")
         folder = self.spool_dir / safe_uid_component(study_uid)
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{safe_uid_component(sop_uid)}.dcm"

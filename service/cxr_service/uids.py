@@ -43,7 +43,7 @@ def uid_problem(value: str) -> str | None:
         if not component:
             return f"component {position} is empty"
         if not _DIGITS.match(component):
-            return f"component {position} holds characters other than digits"
+            return f"component {position} is not all digits"
         if len(component) > 1 and component.startswith("0"):
             return f"component {position} has a leading zero ({component})"
     return None
