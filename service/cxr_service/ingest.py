@@ -231,7 +231,8 @@ def ingest_bytes(data: bytes, *, source: str, limits: IngestLimits = IngestLimit
     cut = _cut_short(read)
     if cut is not None:
         return _reject(source=source, header=read, reason=f"truncated file (pixel data {cut[0]} of {cut[1]} bytes)")
-    return _ingest(read, source=source, limits=limits)
+    # The dataset is ingest's own: its pixel data bytes are dropped as soon as they are decoded.
+    return _ingest(read, source=source, limits=limits, owned=True)
 
 
 def ingest_dataset(ds: Dataset, *, source: str, limits: IngestLimits = IngestLimits()) -> IngestResult:
@@ -337,7 +338,10 @@ def _truncated_pixel_data(data: bytes, *, source: str) -> Rejected:
     return _reject(source=source, reason="truncated file (pixel data incomplete)", header=header)
 
 
-def _ingest(ds: Dataset, *, source: str, limits: IngestLimits) -> IngestResult:
+def _ingest(ds: Dataset, *, source: str, limits: IngestLimits, owned: bool = False) -> IngestResult:
+    """Ingest ``ds``; with ``owned`` (nobody else holds it) its encoded pixel data is released
+    once decoded, so a large image never holds its file, its decoded array and its display
+    array at once."""
     sop_uid = _text(ds, "SOPInstanceUID") or None
     study_uid = _text(ds, "StudyInstanceUID") or None
 
@@ -363,6 +367,8 @@ def _ingest(ds: Dataset, *, source: str, limits: IngestLimits) -> IngestResult:
         pixels, _ = decoder.as_array(ds)
     except Exception as exc:  # noqa: BLE001 - decoders (pydicom, pylibjpeg, pyjpegls, openjpeg) raise many types
         return _reject(source=source, header=ds, reason=f"corrupt pixel data: {_describe(exc)}")
+    if owned:
+        del ds.PixelData
     rows, columns = int(ds.Rows), int(ds.Columns)
     if pixels.shape != (rows, columns):
         return _reject(
