@@ -35,6 +35,11 @@ class Settings(BaseSettings):
         description="Bearer token required on every API route except /healthz and /readyz "
         f"(at least {MIN_TOKEN_LENGTH} characters outside development).",
     )
+    docs_public: bool = Field(
+        False,
+        description="Serve /docs, /redoc and /openapi.json to anyone. Otherwise /openapi.json needs the bearer "
+        "token and /docs and /redoc are not served. Development always serves them openly.",
+    )
     host: str = Field("127.0.0.1", description="Address `cxr serve` binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port `cxr serve` binds.")
     data_dir: Path = Field(Path("var/service"), description="Folder for the SQLite queue and job store and the SCP spool.")
@@ -79,12 +84,23 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1, description="Largest request body of POST /v1/analyze.")
     max_pixels: int = Field(64_000_000, ge=1, description="Largest image accepted (rows x columns).")
+    max_concurrent_uploads: int = Field(
+        2, ge=1, le=64, description="Uploads (POST /v1/analyze) read and analysed at once; each holds its images in memory."
+    )
+    max_waiting_uploads: int = Field(
+        8, ge=0, le=1024, description="Uploads waiting for a turn; any further one is answered 503 with Retry-After."
+    )
     min_score: float | None = Field(
         None,
         ge=0,
         le=1,
         description="Lowest fused opacity score reported; unset: the weights manifest's reporting_threshold, else 0.3.",
     )
+
+    @property
+    def docs_open(self) -> bool:
+        """Whether /docs, /redoc and /openapi.json are served without the token."""
+        return self.docs_public or self.environment == "development"
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

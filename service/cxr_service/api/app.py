@@ -15,19 +15,23 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import cxr_service
-from cxr_service.api.limits import BodySizeLimit
+from cxr_service.api.limits import BodySizeLimit, ConcurrencyLimit
 from cxr_service.api.problems import install_problem_handlers
 from cxr_service.api.routes import analyze, health, jobs, metrics, results
+from cxr_service.api.routes.docs import docs_router
 from cxr_service.engine import AnalysisEngine, LazyEngine
 from cxr_service.jobqueue import JobQueue
+from cxr_service.memory import release_memory
 from cxr_service.settings import Settings
 from cxr_service.worker import EmbeddedWorker
 
 logger = logging.getLogger(__name__)
 
+UPLOAD_PATH = "/v1/analyze"
+
 DESCRIPTION = """DICOM-native chest X-ray AI. **Demo weights trained on synthetic PhantomCXR radiographs:
-not for clinical use.** Every route except `/healthz` and `/readyz` needs `Authorization: Bearer <CXR_API_TOKEN>`;
-errors are `application/problem+json`."""
+not for clinical use.** Every route except `/healthz` and `/readyz` needs `Authorization: Bearer <CXR_API_TOKEN>`
+(`/openapi.json` too, unless `CXR_DOCS_PUBLIC=true`); errors are `application/problem+json`."""
 
 
 def create_app(
@@ -55,11 +59,24 @@ def create_app(
         version=getattr(cxr_service, "__version__", "0"),
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served by docs_router: behind the token unless CXR_DOCS_PUBLIC or development.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = None
     install_problem_handlers(app)
     for module in (health, jobs, results, analyze, metrics):
         app.include_router(module.router)
+    app.include_router(docs_router(settings))
+    # The last added runs first: an oversized body is refused before it waits for a turn.
+    app.add_middleware(
+        ConcurrencyLimit,
+        paths={UPLOAD_PATH},
+        max_active=settings.max_concurrent_uploads,
+        max_waiting=settings.max_waiting_uploads,
+        on_done=release_memory,
+    )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     return app

@@ -1,15 +1,95 @@
-"""Request-body size limit (ASGI middleware): 413 before the body is read past the limit."""
+"""Limits of the API (ASGI middleware).
+
+* :class:`BodySizeLimit`: 413 before a body is read past ``CXR_MAX_UPLOAD_BYTES``.
+* :class:`ConcurrencyLimit`: at most ``CXR_MAX_CONCURRENT_UPLOADS`` uploads (``POST
+  /v1/analyze``) are read and analysed at once, ``CXR_MAX_WAITING_UPLOADS`` more wait for a
+  turn (their bodies not yet read), and any further one is answered at once with 503
+  problem+json and ``Retry-After``. Each upload holds its files, their decoded pixels and
+  display arrays; unbounded, 30 parallel uploads took the API to 1.5 GB. When an upload is
+  done the freed heap is handed back to the OS (:func:`cxr_service.memory.release_memory`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Callable, Collection
 
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cxr_service.api.problems import PROBLEM_JSON, PROBLEM_TYPE_BASE
 
 logger = logging.getLogger(__name__)
+
+
+async def send_problem(send: Send, status: int, title: str, detail: str, *, headers: dict[str, str] | None = None) -> None:
+    """Answer with a problem+json document straight from a middleware."""
+    body = json.dumps({"type": f"{PROBLEM_TYPE_BASE}-{status}", "title": title, "status": status, "detail": detail}).encode()
+    raw_headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]
+    raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ConcurrencyLimit:
+    """Bound the requests to ``paths`` (POST) that run at once, and those waiting for a turn.
+
+    ``on_done`` (e.g. :func:`cxr_service.memory.release_memory`) runs in a worker thread after
+    each limited request.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        paths: Collection[str],
+        max_active: int,
+        max_waiting: int,
+        retry_after_s: int = 5,
+        on_done: Callable[[], object] | None = None,
+    ) -> None:
+        if max_active < 1 or max_waiting < 0:
+            raise ValueError(f"max_active must be >= 1 and max_waiting >= 0, got {max_active} and {max_waiting}")
+        self.app = app
+        self.paths = frozenset(paths)
+        self.max_active = max_active
+        self.max_waiting = max_waiting
+        self.retry_after_s = retry_after_s
+        self.on_done = on_done
+        self.active = 0
+        self.waiting = 0
+        self._turns = asyncio.Semaphore(max_active)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.max_active and self.waiting >= self.max_waiting:
+            logger.warning("%s refused: %d running and %d waiting (the limits)", scope["path"], self.active, self.waiting)
+            await send_problem(
+                send,
+                503,
+                "Service Unavailable",
+                f"the service is analysing {self.active} upload(s) with {self.waiting} more waiting "
+                "(CXR_MAX_CONCURRENT_UPLOADS, CXR_MAX_WAITING_UPLOADS); retry later",
+                headers={"Retry-After": str(self.retry_after_s)},
+            )
+            return
+        self.waiting += 1
+        try:
+            await self._turns.acquire()
+        finally:
+            self.waiting -= 1
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+            self._turns.release()
+            if self.on_done is not None:
+                await run_in_threadpool(self.on_done)
 
 
 class _TooLarge(Exception):
@@ -65,19 +145,6 @@ class BodySizeLimit:
 
     async def _refuse(self, send: Send) -> None:
         logger.warning("request body over %d bytes refused", self.max_bytes)
-        body = json.dumps(
-            {
-                "type": f"{PROBLEM_TYPE_BASE}-413",
-                "title": "Content Too Large",
-                "status": 413,
-                "detail": f"request body exceeds {self.max_bytes} bytes (CXR_MAX_UPLOAD_BYTES)",
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())],
-            }
+        await send_problem(
+            send, 413, "Content Too Large", f"request body exceeds {self.max_bytes} bytes (CXR_MAX_UPLOAD_BYTES)"
         )
-        await send({"type": "http.response.body", "body": body})

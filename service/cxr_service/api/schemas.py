@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from cxr_service.jobqueue import PRIORITIES
 from cxr_service.jobs import Job
+from cxr_service.uids import UID_MAX_LENGTH, UID_PATTERN, check_uid
 
-UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
 _PRIORITY_NAMES = {value: name for name, value in PRIORITIES.items()}
+
+#: A DICOM UID in a body or path. The pattern is published in the OpenAPI; validation is
+#: :func:`cxr_service.uids.check_uid`, whose message says what is wrong (e.g. a leading zero).
+UIDText = Annotated[str, AfterValidator(check_uid)]
+UID_SCHEMA = {"pattern": UID_PATTERN, "minLength": 1, "maxLength": UID_MAX_LENGTH}
 
 
 class StudyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    study_instance_uid: str = Field(..., min_length=1, max_length=64, pattern=UID_PATTERN, description="Study Instance UID at the DICOMweb source")
+    study_instance_uid: UIDText = Field(
+        ..., description="Study Instance UID at the DICOMweb source", json_schema_extra=UID_SCHEMA, examples=["1.2.826.0.1.3680043.8.498.1"]
+    )
     priority: Literal["low", "routine", "stat"] = Field("routine", description="`stat` jobs run before routine ones")
     force: bool = Field(False, description="re-analyse even when the study was analysed with this model version")
 

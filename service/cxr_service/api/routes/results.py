@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path
 
 from cxr_service.api.deps import Authorized, QueueDep
 from cxr_service.api.problems import Problem
-from cxr_service.api.schemas import UID_PATTERN
+from cxr_service.api.schemas import UID_SCHEMA, UIDText
 
 router = APIRouter(prefix="/v1", tags=["results"], dependencies=[Authorized])
 
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1", tags=["results"], dependencies=[Authorized])
     responses={401: {"description": "missing or wrong bearer token"}, 404: {"description": "not analysed yet"}},
 )
 def get_result(
-    study_instance_uid: Annotated[str, Path(min_length=1, max_length=64, pattern=UID_PATTERN)], queue: QueueDep
+    study_instance_uid: Annotated[UIDText, Path(json_schema_extra=UID_SCHEMA)], queue: QueueDep
 ) -> dict[str, Any]:
     stored = queue.store.get_result(study_instance_uid)
     if stored is None:
