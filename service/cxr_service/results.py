@@ -113,7 +113,11 @@ class ImageResult:
 
 @dataclass(frozen=True)
 class StudyResult:
-    """Result for one study: the study class (None when no image was analysed) and its images."""
+    """Result for one study: the study class (None when no image was analysed) and its images.
+
+    ``unattributed`` holds the reasons of the study's instances that had no SOP Instance UID
+    (they cannot be referenced, but the SR still says that they were not analysed).
+    """
 
     study_instance_uid: str
     algorithm: AlgorithmInfo
@@ -121,6 +125,7 @@ class StudyResult:
     study_probabilities: Mapping[str, float] | None
     images: tuple[ImageResult, ...]
     timings_ms: Mapping[str, float] = field(default_factory=dict)
+    unattributed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.study_label is not None and self.study_label not in STUDY_LABELS:

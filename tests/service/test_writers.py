@@ -36,6 +36,7 @@ from cxr_service.results import REASON_LATERAL, AlgorithmInfo, ImageResult, Opac
 from cxr_service.uids import KIND_GSPS, KIND_SC, KIND_SEG, KIND_SR, derive_uid, series_uid
 from cxr_service.writers import write_all, write_gsps, write_sc, write_seg, write_sr
 from cxr_service.writers.common import rectangle
+from cxr_service.writers.sources import writable_source
 from cxr_service.writers.sc import output_shape, render
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.77001"
@@ -187,7 +188,7 @@ def written(result, headers, displays, tmp_path_factory) -> dict[str, list[Path]
     """Every output written once to disk: kind → file paths."""
     folder = tmp_path_factory.mktemp("outputs")
     paths: dict[str, list[Path]] = {}
-    for kind, datasets in write_all(result, headers, displays).items():
+    for kind, datasets in write_all(result, headers, displays).datasets.items():
         for index, ds in enumerate(datasets):
             path = folder / f"{kind}{index}.dcm"
             ds.save_as(path, enforce_file_format=True)
@@ -499,8 +500,8 @@ def test_dciodvfy_reports_no_errors(written):
 
 
 def test_outputs_are_deterministic(result, headers, displays):
-    first = write_all(result, headers, displays)
-    second = write_all(make_result(), headers, displays)
+    first = write_all(result, headers, displays).datasets
+    second = write_all(make_result(), headers, displays).datasets
     for kind in (KIND_SR, KIND_GSPS, KIND_SEG, KIND_SC):
         assert len(first[kind]) == len(second[kind]) > 0
         for a, b in zip(first[kind], second[kind]):
@@ -561,7 +562,7 @@ def test_study_without_analysed_images(headers, tmp_path):
         study_probabilities=None,
         images=(lateral, rejected),
     )
-    outputs = write_all(only_lateral, {LAT_UID: headers[LAT_UID]}, {})
+    outputs = write_all(only_lateral, {LAT_UID: headers[LAT_UID]}, {}).datasets
     assert [len(outputs[k]) for k in (KIND_SR, KIND_GSPS, KIND_SEG, KIND_SC)] == [1, 0, 0, 0]
     sr = outputs[KIND_SR][0]
     assert sr.SeriesDescription == "CXR AI SR"
@@ -628,7 +629,7 @@ def test_dx_sources_with_sparse_headers_and_voi_lut(tmp_path):
     )
     result = dataclasses.replace(base, images=dx_images)
     before = {uid: copy.deepcopy(ds) for uid, ds in sources.items()}
-    outputs = write_all(result, sources, displays)
+    outputs = write_all(result, sources, displays).datasets
     assert sources == before  # the writers never modify the caller's datasets
     for kind, datasets in outputs.items():
         for index, ds in enumerate(datasets):
@@ -644,3 +645,162 @@ def test_dx_sources_with_sparse_headers_and_voi_lut(tmp_path):
     data = np.frombuffer(lut.LUTData, dtype="<u2") if isinstance(lut.LUTData, bytes) else np.asarray(lut.LUTData)
     assert data[0] == 0 and data[-1] == 65535 and data[2048] == round(2048 * 65535 / 4095)
     assert outputs[KIND_SC][0].PatientOrientation in (None, "", [])
+
+
+# --- source headers: repaired or left out, never copied invalid ------------------------------
+
+# Every ISO 2022 character set of PS3.3 C.12.1.1.2 with a patient name in its script.
+ISO_2022_NAMES = {
+    "ISO 2022 IR 6": "Smith^John",
+    "ISO 2022 IR 13": "ﾔﾏﾀﾞ^ﾀﾛｳ",
+    "ISO 2022 IR 87": "Yamada^Tarou=山田^太郎=やまだ^たろう",
+    "ISO 2022 IR 149": "Hong^Gildong=洪^吉洞=홍^길동",
+    "ISO 2022 IR 58": "Zhang^XiaoDong=张^小东",
+    "ISO 2022 IR 100": "Müller^Zoë",
+    "ISO 2022 IR 101": "Dvořák^Antonín",
+    "ISO 2022 IR 109": "Ġużeppi^Ħelu",
+    "ISO 2022 IR 110": "Bērziņš^Jānis",
+    "ISO 2022 IR 126": "Παπαδόπουλος^Γιώργος",
+    "ISO 2022 IR 127": "قباني^نزار",
+    "ISO 2022 IR 138": "שרון^דבורה",
+    "ISO 2022 IR 144": "Иванов^Пётр",
+    "ISO 2022 IR 148": "Öztürk^Şükrü",
+    "ISO 2022 IR 166": "สมชาย^ใจดี",
+}
+# Multi-byte sets cannot be value 1 (they need the default repertoire as G0).
+_MULTI_BYTE = ("ISO 2022 IR 87", "ISO 2022 IR 149", "ISO 2022 IR 58")
+
+
+@pytest.mark.parametrize("empty_first", [False, True], ids=["first-value-given", "first-value-empty"])
+@pytest.mark.parametrize("term", list(ISO_2022_NAMES))
+def test_every_iso_2022_character_set_round_trips_through_every_output(term, empty_first, tmp_path):
+    name = ISO_2022_NAMES[term]
+    first = "" if empty_first else ("ISO 2022 IR 6" if term in _MULTI_BYTE else None)
+    charset = [term] if first is None else [first, term]
+    sources, displays = {}, {}
+    for uid, photometric, shape, view, seed in (
+        (PA_UID, "MONOCHROME2", PA_SHAPE, "PA", 0),
+        (AP_UID, "MONOCHROME1", AP_SHAPE, "AP", 1),
+        (LAT_UID, "MONOCHROME2", LAT_SHAPE, "LL", 2),
+    ):
+        ds = make_cr(sop_uid=uid, photometric=photometric, shape=shape, view=view, seed=seed)
+        ds.SpecificCharacterSet = charset
+        ds.PatientName = name
+        ds.ReferringPhysicianName = name
+        path = tmp_path / f"source-{uid}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        sources[uid] = pydicom.dcmread(path)
+        assert str(sources[uid].PatientName) == name, f"the source itself does not round-trip in {charset}"
+        displays[uid] = display_array(sources[uid])
+    outputs = write_all(make_result(), sources, displays)
+    assert not outputs.problems
+    kinds = {kind: len(datasets) for kind, datasets in outputs.datasets.items()}
+    assert kinds == {KIND_SR: 1, KIND_GSPS: 2, KIND_SEG: 2, KIND_SC: 2}
+    for kind, datasets in outputs.datasets.items():
+        for index, ds in enumerate(datasets):
+            path = tmp_path / f"{kind}{index}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            back = pydicom.dcmread(path)
+            assert str(back.PatientName) == name and str(back.ReferringPhysicianName) == name, (kind, charset)
+            assert back.get("SpecificCharacterSet") == ("ISO_IR 192" if not name.isascii() else None), (kind, charset)
+
+
+def _header(**values) -> Dataset:
+    ds = make_cr(sop_uid=PA_UID, photometric="MONOCHROME2", shape=PA_SHAPE, view="PA", seed=0)
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    with _unvalidated():
+        ds.save_as(buffer, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+
+
+class _unvalidated:
+    """pydicom writes what a hospital's modality wrote."""
+
+    def __enter__(self) -> None:
+        self.previous = pydicom.config.settings.writing_validation_mode
+        pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+
+    def __exit__(self, *exc: object) -> None:
+        pydicom.config.settings.writing_validation_mode = self.previous
+
+
+@pytest.mark.parametrize(
+    ("values", "expected", "action"),
+    [
+        ({"StudyDate": "2024-01-05"}, {"StudyDate": "20240105"}, "repaired"),
+        ({"StudyTime": "10:15:00"}, {"StudyTime": "101500"}, "repaired"),
+        ({"StudyDate": "20241399"}, {"StudyDate": None}, "left out"),
+        ({"StudyTime": "256199"}, {"StudyTime": None}, "left out"),
+        ({"PatientBirthDate": "1958"}, {"PatientBirthDate": None}, "left out"),
+        ({"AccessionNumber": "A" * 20}, {"AccessionNumber": None}, "left out"),
+        ({"StudyID": "S" * 17}, {"StudyID": None}, "left out"),
+        ({"PatientName": "DOE, JOHN"}, {"PatientName": "DOE, JOHN^"}, "repaired"),
+        ({"PatientName": "A^B^C^D^E^F"}, {"PatientName": None}, "left out"),
+        ({"PatientName": "X" * 65 + "^Y"}, {"PatientName": None}, "left out"),
+        ({"ReferringPhysicianName": "Dr. Who\\Dr. No"}, {"ReferringPhysicianName": None}, "left out"),
+        ({"PatientSex": "female"}, {"PatientSex": None}, "left out"),
+        ({"BodyPartExamined": "chest"}, {"BodyPartExamined": "CHEST"}, "repaired"),
+        ({"PatientOrientation": "L"}, {"PatientOrientation": None}, "left out"),
+        ({"ImagerPixelSpacing": [0, 0]}, {"ImagerPixelSpacing": None}, "left out"),
+        ({"PixelSpacing": [-0.2, 0.2]}, {"PixelSpacing": None}, "left out"),
+        ({"WindowWidth": 0}, {"WindowWidth": None, "WindowCenter": None}, "left out"),
+        ({"WindowCenter": [100, 200], "WindowWidth": [0, 50]}, {"WindowWidth": "50", "WindowCenter": "200"}, "repaired"),
+        ({"InstitutionName": "x" * 65}, {"InstitutionName": None}, "left out"),
+    ],
+)
+def test_invalid_source_attributes_are_repaired_or_left_out(values, expected, action, caplog):
+    checked = writable_source(_header(**values))
+    for keyword, value in expected.items():
+        got = checked.dataset.get(keyword)
+        assert (None if got is None else str(got)) == value, (keyword, got)
+    assert any(r.action == action for r in checked.repairs), checked.repairs
+    for repair in checked.repairs:  # reasons never quote the value (it may identify the patient)
+        for value in values.values():
+            assert str(value) not in repair.reason
+
+
+def test_identifying_uids_and_patient_id_are_copied_unchanged_with_a_warning():
+    long_id = "P" * 70  # over LO's 64, but Orthanc files the outputs under PatientID + StudyInstanceUID
+    checked = writable_source(_header(PatientID=long_id))
+    assert checked.dataset.PatientID == long_id
+    assert [(r.keyword, r.action) for r in checked.repairs] == [("PatientID", "copied unchanged")]
+    assert checked.dataset.SOPInstanceUID == PA_UID
+
+
+def test_a_clean_header_needs_no_repair_and_a_checked_one_stays_checked(headers):
+    for ds in headers.values():
+        assert writable_source(ds).repairs == ()
+    dirty = writable_source(_header(StudyDate="2024-01-05", WindowWidth=0, PatientName="DOE, JOHN"))
+    assert dirty.repairs and writable_source(dirty.dataset).repairs == ()
+
+
+def test_one_image_that_cannot_be_written_leaves_the_others_outputs(result, headers, displays, monkeypatch):
+    """A writer that raises on one image's GSPS: that GSPS is reported, everything else written."""
+    import cxr_service.writers as writers
+
+    real = writers.gsps_for_image
+
+    def broken(result, image, sources, *, number, created):
+        if image.sop_instance_uid == AP_UID:
+            raise ValueError(f"unwritable header of {sources[image.sop_instance_uid].PatientName}")
+        return real(result, image, sources, number=number, created=created)
+
+    monkeypatch.setattr(writers, "gsps_for_image", broken)
+    outputs = write_all(result, headers, displays)
+    assert [len(outputs.datasets[k]) for k in (KIND_SR, KIND_GSPS, KIND_SEG, KIND_SC)] == [1, 1, 2, 2]
+    (problem,) = outputs.problems
+    assert (problem.kind, problem.sop_instance_uid) == (KIND_GSPS, AP_UID)
+    assert "ValueError" in problem.reason and "Phantom" not in problem.reason  # the patient name is blanked out
+
+
+def test_iso_2022_ir_58_escape_sequences_are_read_and_written():
+    """pydicom 3.0 keeps the ESC $ ) A designation in decoded GB 2312 text (cxr_service.charsets)."""
+    from pydicom.charset import convert_encodings
+    from pydicom.valuerep import PersonName
+
+    encoded = b"Zhang^XiaoDong=\x1b$)A\xd5\xc5^\x1b$)A\xd0\xa1\xb6\xab"  # PS3.5 Annex K.2, example 1
+    encodings = convert_encodings(["", "ISO 2022 IR 58"])
+    assert str(PersonName(encoded, encodings=encodings)) == "Zhang^XiaoDong=张^小东"
+    assert PersonName("Zhang^XiaoDong=张^小东").encode(encodings) == encoded

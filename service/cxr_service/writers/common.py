@@ -23,6 +23,7 @@ from pydicom.valuerep import DA, DT, TM
 from cxr_service import codes
 from cxr_service.results import AlgorithmInfo, ImageResult
 from cxr_service.uids import KIND_GSPS, KIND_SC, KIND_SEG, KIND_SR, device_uid
+from cxr_service.writers.sources import writable_source
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,15 @@ _TYPE2_SOURCE_ATTRIBUTES = (
     "StudyTime",
     "ReferringPhysicianName",
 )
-_PIXEL_DATA_TAGS = frozenset(
-    pydicom.tag.Tag(keyword) for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# What a writer raises when a source header or result cannot be written: caught per image by
+# :func:`cxr_service.writers.write_all`, so one image never breaks the others' outputs.
+WRITER_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+    ArithmeticError,
 )
 # (date, time) attribute pairs that highdicom sets from the clock.
 _DATE_TIME_PAIRS = (
@@ -72,21 +80,47 @@ def series_description(kind: str, *, demo_weights: bool) -> str:
 
 
 def source_header(sources: Mapping[str, pydicom.Dataset], sop_instance_uid: str) -> pydicom.Dataset:
-    """The source header of an image with the Type 2 patient/study attributes highdicom needs.
+    """The source header of an image, fit to copy into an output, with the Type 2 patient/study
+    attributes highdicom needs.
 
-    Returns a new dataset sharing the (unmodified) data elements of the source but not its
-    pixel data; the caller's dataset is not modified.
+    Returns a checked copy without pixel data (:func:`cxr_service.writers.sources.writable_source`:
+    invalid attributes left out or repaired); the caller's dataset is not modified.
     """
     try:
         ds = sources[sop_instance_uid]
     except KeyError:
         raise KeyError(f"no source header for SOP Instance UID {sop_instance_uid!r}") from None
-    header = pydicom.Dataset({tag: element for tag, element in ds.items() if tag not in _PIXEL_DATA_TAGS})
-    if hasattr(ds, "file_meta"):
-        header.file_meta = ds.file_meta
+    checked = writable_source(ds)
+    for repair in checked.repairs:
+        logger.debug("source image %s: %s", sop_instance_uid, repair)
+    header = checked.dataset
     for keyword in _TYPE2_SOURCE_ATTRIBUTES:
         if keyword not in header:
             setattr(header, keyword, None)
+    return header
+
+
+# What the SR keeps of a source header when the full header cannot be written (the fallback of
+# :func:`cxr_service.writers.write_all`): identification, the patient and study, the matrix.
+_IDENTIFYING_ATTRIBUTES = (
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "Modality",
+    "Rows",
+    "Columns",
+    *_TYPE2_SOURCE_ATTRIBUTES,
+)
+
+
+def identifying_header(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """Only the identifying attributes of a (checked) source header; see ``_IDENTIFYING_ATTRIBUTES``."""
+    header = pydicom.Dataset()
+    for keyword in _IDENTIFYING_ATTRIBUTES:
+        if keyword in ds:
+            header[keyword] = ds[keyword]
     return header
 
 
@@ -189,14 +223,27 @@ def finalize(ds: pydicom.Dataset, *, created: datetime.datetime) -> None:
             item.ContributionDateTime = DT(created)
 
 
-def body_part_examined(ds: pydicom.Dataset) -> str:
-    """The source's Body Part Examined, else CHEST (only chest radiographs are analysed).
+# Body Part Examined defined terms (PS3.16 Annex L) a chest radiograph may carry that are not
+# paired structures (a paired one would need a Laterality, which a chest image has not).
+CHEST_BODY_PARTS = frozenset(
+    {"CHEST", "THORAX", "CHESTABDOMEN", "CHESTABDPELVIS", "NECKCHEST", "NECKCHESTABDOMEN", "NECKCHESTABDPELV", "HEART",
+     "MEDIASTINUM", "STERNUM"}
+)  # fmt: skip
 
-    GSPS and SC need it: without it dciodvfy cannot tell that the body part is not paired and
-    asks for the Type 2C Laterality.
+
+def body_part_examined(ds: pydicom.Dataset) -> str:
+    """The source's Body Part Examined when it is an unpaired chest term, else CHEST (only chest
+    radiographs are analysed, whatever the header says: PECHO, a typo, LUNG, nothing).
+
+    GSPS and SC need it: without a defined unpaired term dciodvfy cannot tell that the body part
+    is not paired and asks for the Type 2C Laterality.
     """
-    value = str(ds.get("BodyPartExamined", "") or "").strip()
-    return value or "CHEST"
+    value = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+    if value in CHEST_BODY_PARTS:
+        return value
+    if value:
+        logger.debug("source image %s: Body Part Examined is not an unpaired chest term; CHEST written", ds.get("SOPInstanceUID"))
+    return "CHEST"
 
 
 def image_shape(ds: pydicom.Dataset) -> tuple[int, int]:

@@ -167,50 +167,59 @@ def _annotation(
     )
 
 
+def gsps_for_image(
+    result: StudyResult,
+    image: ImageResult,
+    sources: Mapping[str, pydicom.Dataset],
+    *,
+    number: int,
+    created: datetime.datetime,
+) -> hd.pr.GrayscaleSoftcopyPresentationState:
+    """The GSPS of one analysed image (``number``: its Instance Number)."""
+    algorithm = result.algorithm
+    layer = hd.pr.GraphicLayer(layer_name=GRAPHIC_LAYER, order=1, description="cxr AI results")
+    ds = source_header(sources, image.sop_instance_uid)
+    voi = voi_transformation(ds)
+    gsps = hd.pr.GrayscaleSoftcopyPresentationState(
+        referenced_images=[ds],
+        series_instance_uid=series_uid(study_uid=result.study_instance_uid, model_version=algorithm.version, kind=KIND_GSPS),
+        series_number=SERIES_NUMBERS[KIND_GSPS],
+        sop_instance_uid=instance_uid(source_uid=image.sop_instance_uid, model_version=algorithm.version, kind=KIND_GSPS),
+        instance_number=number,
+        manufacturer=algorithm.manufacturer,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        device_serial_number=algorithm.version,
+        content_label=CONTENT_LABEL,
+        content_description=_header_text(result)[:64],
+        graphic_annotations=[_annotation(image, ds, result=result, layer=layer)],
+        graphic_layers=[layer],
+        concept_name=codes.DIAGNOSTIC_IMAGING_REPORT,
+        voi_lut_transformations=[voi] if voi is not None else None,
+        presentation_lut_transformation=hd.PresentationLUTTransformation(presentation_lut_shape=presentation_lut_shape(ds)),
+        contributing_equipment=contributing_equipment(algorithm, created=created),
+        series_description=series_description(KIND_GSPS, demo_weights=algorithm.demo_weights),
+        series_date=created.date(),
+        series_time=created.time(),
+    )
+    gsps.BodyPartExamined = body_part_examined(ds)
+    finalize(gsps, created=created)
+    return gsps
+
+
 def write_gsps(
     result: StudyResult,
     sources: Mapping[str, pydicom.Dataset],
     *,
     created: datetime.datetime | None = None,
 ) -> list[hd.pr.GrayscaleSoftcopyPresentationState]:
-    """One GSPS per analysed image, in image order (empty when no image was analysed)."""
+    """One GSPS per analysed image, in image order (empty when no image was analysed); raises
+    on the first image that cannot be written (:func:`cxr_service.writers.write_all` does not)."""
     check_sources(result.analysed_images, sources)
     created = creation_datetime(sources) if created is None else created
-    algorithm = result.algorithm
-    layer = hd.pr.GraphicLayer(layer_name=GRAPHIC_LAYER, order=1, description="cxr AI results")
-    outputs = []
-    for number, image in enumerate(result.analysed_images, start=1):
-        ds = source_header(sources, image.sop_instance_uid)
-        gsps = hd.pr.GrayscaleSoftcopyPresentationState(
-            referenced_images=[ds],
-            series_instance_uid=series_uid(
-                study_uid=result.study_instance_uid, model_version=algorithm.version, kind=KIND_GSPS
-            ),
-            series_number=SERIES_NUMBERS[KIND_GSPS],
-            sop_instance_uid=instance_uid(
-                source_uid=image.sop_instance_uid, model_version=algorithm.version, kind=KIND_GSPS
-            ),
-            instance_number=number,
-            manufacturer=algorithm.manufacturer,
-            manufacturer_model_name=algorithm.name,
-            software_versions=algorithm.version,
-            device_serial_number=algorithm.version,
-            content_label=CONTENT_LABEL,
-            content_description=_header_text(result)[:64],
-            graphic_annotations=[_annotation(image, ds, result=result, layer=layer)],
-            graphic_layers=[layer],
-            concept_name=codes.DIAGNOSTIC_IMAGING_REPORT,
-            voi_lut_transformations=[voi] if (voi := voi_transformation(ds)) is not None else None,
-            presentation_lut_transformation=hd.PresentationLUTTransformation(
-                presentation_lut_shape=presentation_lut_shape(ds)
-            ),
-            contributing_equipment=contributing_equipment(algorithm, created=created),
-            series_description=series_description(KIND_GSPS, demo_weights=algorithm.demo_weights),
-            series_date=created.date(),
-            series_time=created.time(),
-        )
-        gsps.BodyPartExamined = body_part_examined(ds)
-        finalize(gsps, created=created)
-        outputs.append(gsps)
+    outputs = [
+        gsps_for_image(result, image, sources, number=number, created=created)
+        for number, image in enumerate(result.analysed_images, start=1)
+    ]
     logger.info("%d GSPS for study %s", len(outputs), result.study_instance_uid)
     return outputs

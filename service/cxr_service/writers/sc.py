@@ -144,6 +144,57 @@ def _patient_orientation(ds: pydicom.Dataset) -> tuple[str, str] | None:
     return None
 
 
+def sc_for_image(
+    result: StudyResult,
+    image: ImageResult,
+    sources: Mapping[str, pydicom.Dataset],
+    display: np.ndarray,
+    *,
+    number: int,
+    created: datetime.datetime,
+    max_side: int = DEFAULT_MAX_SIDE,
+) -> hd.sc.SCImage:
+    """The Secondary Capture of one analysed image (``number``: its Instance Number)."""
+    algorithm = result.algorithm
+    ds = source_header(sources, image.sop_instance_uid)
+    if display.shape != image_shape(ds):
+        raise ValueError(f"display of image {image.sop_instance_uid} has shape {display.shape}, the source {image_shape(ds)}")
+    orientation = _patient_orientation(ds)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=ds,
+        pixel_array=render(image, display, result=result, max_side=max_side),
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=series_uid(study_uid=result.study_instance_uid, model_version=algorithm.version, kind=KIND_SC),
+        series_number=SERIES_NUMBERS[KIND_SC],
+        sop_instance_uid=instance_uid(source_uid=image.sop_instance_uid, model_version=algorithm.version, kind=KIND_SC),
+        instance_number=number,
+        manufacturer=algorithm.manufacturer,
+        # highdicom requires an orientation for PATIENT; an unknown one is emptied below.
+        patient_orientation=orientation if orientation is not None else ("L", "F"),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        contributing_equipment=contributing_equipment(algorithm, created=created),
+        series_description=series_description(KIND_SC, demo_weights=algorithm.demo_weights),
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        content_date=created.date(),
+        content_time=created.time(),
+        series_date=created.date(),
+        series_time=created.time(),
+    )
+    if orientation is None:
+        sc.PatientOrientation = None
+    sc.BurnedInAnnotation = "YES"
+    sc.DerivationDescription = f"{algorithm.name} {algorithm.version} results burned into the source display image"
+    sc.SourceImageSequence = [_source_reference(ds)]
+    sc.BodyPartExamined = body_part_examined(ds)
+    if algorithm.demo_weights:
+        sc.ImageComments = NOT_FOR_CLINICAL_USE
+    finalize(sc, created=created)
+    return sc
+
+
 def write_sc(
     result: StudyResult,
     sources: Mapping[str, pydicom.Dataset],
@@ -152,7 +203,8 @@ def write_sc(
     created: datetime.datetime | None = None,
     max_side: int = DEFAULT_MAX_SIDE,
 ) -> list[hd.sc.SCImage]:
-    """One RGB Secondary Capture per analysed image, in image order.
+    """One RGB Secondary Capture per analysed image, in image order; raises on the first image
+    that cannot be written (:func:`cxr_service.writers.write_all` does not).
 
     ``displays`` maps SOP Instance UID → display array (float in [0, 1], white = dense, source
     VOI applied, original size) of every analysed image.
@@ -162,53 +214,10 @@ def write_sc(
     if missing:
         raise ValueError(f"displays lack the analysed images {missing}")
     created = creation_datetime(sources) if created is None else created
-    algorithm = result.algorithm
-    outputs = []
-    for number, image in enumerate(result.analysed_images, start=1):
-        ds = source_header(sources, image.sop_instance_uid)
-        display = displays[image.sop_instance_uid]
-        if display.shape != image_shape(ds):
-            raise ValueError(
-                f"display of image {image.sop_instance_uid} has shape {display.shape}, the source {image_shape(ds)}"
-            )
-        orientation = _patient_orientation(ds)
-        sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=ds,
-            pixel_array=render(image, display, result=result, max_side=max_side),
-            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-            bits_allocated=8,
-            coordinate_system=hd.CoordinateSystemNames.PATIENT,
-            series_instance_uid=series_uid(
-                study_uid=result.study_instance_uid, model_version=algorithm.version, kind=KIND_SC
-            ),
-            series_number=SERIES_NUMBERS[KIND_SC],
-            sop_instance_uid=instance_uid(
-                source_uid=image.sop_instance_uid, model_version=algorithm.version, kind=KIND_SC
-            ),
-            instance_number=number,
-            manufacturer=algorithm.manufacturer,
-            # highdicom requires an orientation for PATIENT; an unknown one is emptied below.
-            patient_orientation=orientation if orientation is not None else ("L", "F"),
-            transfer_syntax_uid=ExplicitVRLittleEndian,
-            contributing_equipment=contributing_equipment(algorithm, created=created),
-            series_description=series_description(KIND_SC, demo_weights=algorithm.demo_weights),
-            manufacturer_model_name=algorithm.name,
-            software_versions=algorithm.version,
-            content_date=created.date(),
-            content_time=created.time(),
-            series_date=created.date(),
-            series_time=created.time(),
-        )
-        if orientation is None:
-            sc.PatientOrientation = None
-        sc.BurnedInAnnotation = "YES"
-        sc.DerivationDescription = f"{algorithm.name} {algorithm.version} results burned into the source display image"
-        sc.SourceImageSequence = [_source_reference(ds)]
-        sc.BodyPartExamined = body_part_examined(ds)
-        if algorithm.demo_weights:
-            sc.ImageComments = NOT_FOR_CLINICAL_USE
-        finalize(sc, created=created)
-        outputs.append(sc)
+    outputs = [
+        sc_for_image(result, image, sources, displays[image.sop_instance_uid], number=number, created=created, max_side=max_side)
+        for number, image in enumerate(result.analysed_images, start=1)
+    ]
     logger.info("%d SC for study %s", len(outputs), result.study_instance_uid)
     return outputs
 

@@ -107,61 +107,71 @@ def _set_dimension_organization_uid(seg: hd.seg.Segmentation, uid: str) -> None:
             item.DimensionOrganizationUID = uid
 
 
+def seg_for_image(
+    result: StudyResult,
+    image: ImageResult,
+    sources: Mapping[str, pydicom.Dataset],
+    *,
+    number: int,
+    created: datetime.datetime,
+) -> hd.seg.Segmentation | None:
+    """The SEG of one analysed image (``number``: its Instance Number); None without masks."""
+    algorithm = result.algorithm
+    ds = source_header(sources, image.sop_instance_uid)
+    descriptions, masks = _segments_and_masks(image, ds, algorithm=algorithm)
+    if not masks:
+        logger.warning("no masks for analysed image %s: no SEG written", image.sop_instance_uid)
+        return None
+    pixel_array = np.stack(masks, axis=-1)[np.newaxis]
+    seg = hd.seg.Segmentation(
+        source_images=[ds],
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_uid(study_uid=result.study_instance_uid, model_version=algorithm.version, kind=KIND_SEG),
+        series_number=SERIES_NUMBERS[KIND_SEG],
+        sop_instance_uid=instance_uid(source_uid=image.sop_instance_uid, model_version=algorithm.version, kind=KIND_SEG),
+        instance_number=number,
+        manufacturer=algorithm.manufacturer,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        device_serial_number=algorithm.version,
+        content_label=CONTENT_LABEL,
+        content_description=f"{algorithm.name} lungs and opacity{DEMO_SUFFIX if algorithm.demo_weights else ''}",
+        omit_empty_frames=False,
+        contributing_equipment=contributing_equipment(algorithm, created=created),
+        series_description=series_description(KIND_SEG, demo_weights=algorithm.demo_weights),
+        content_date=created.date(),
+        content_time=created.time(),
+        series_date=created.date(),
+        series_time=created.time(),
+    )
+    _set_dimension_organization_uid(
+        seg, derive_uid(source_uid=image.sop_instance_uid, model_version=algorithm.version, kind="seg/dimensions")
+    )
+    if "PatientOrientation" not in seg:
+        # Type 2C in General Image when there is no plane orientation (projection radiograph).
+        seg.PatientOrientation = ds.get("PatientOrientation") or None
+    if algorithm.demo_weights:
+        seg.ImageComments = NOT_FOR_CLINICAL_USE
+    finalize(seg, created=created)
+    return seg
+
+
 def write_seg(
     result: StudyResult,
     sources: Mapping[str, pydicom.Dataset],
     *,
     created: datetime.datetime | None = None,
 ) -> list[hd.seg.Segmentation]:
-    """One SEG per analysed image that has masks, in image order."""
+    """One SEG per analysed image that has masks, in image order; raises on the first image
+    that cannot be written (:func:`cxr_service.writers.write_all` does not)."""
     check_sources(result.analysed_images, sources)
     created = creation_datetime(sources) if created is None else created
-    algorithm = result.algorithm
-    outputs = []
+    outputs: list[hd.seg.Segmentation] = []
     for image in result.analysed_images:
-        ds = source_header(sources, image.sop_instance_uid)
-        descriptions, masks = _segments_and_masks(image, ds, algorithm=algorithm)
-        if not masks:
-            logger.warning("no masks for analysed image %s: no SEG written", image.sop_instance_uid)
-            continue
-        pixel_array = np.stack(masks, axis=-1)[np.newaxis]
-        seg = hd.seg.Segmentation(
-            source_images=[ds],
-            pixel_array=pixel_array,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions,
-            series_instance_uid=series_uid(
-                study_uid=result.study_instance_uid, model_version=algorithm.version, kind=KIND_SEG
-            ),
-            series_number=SERIES_NUMBERS[KIND_SEG],
-            sop_instance_uid=instance_uid(
-                source_uid=image.sop_instance_uid, model_version=algorithm.version, kind=KIND_SEG
-            ),
-            instance_number=len(outputs) + 1,
-            manufacturer=algorithm.manufacturer,
-            manufacturer_model_name=algorithm.name,
-            software_versions=algorithm.version,
-            device_serial_number=algorithm.version,
-            content_label=CONTENT_LABEL,
-            content_description=f"{algorithm.name} lungs and opacity{DEMO_SUFFIX if algorithm.demo_weights else ''}",
-            omit_empty_frames=False,
-            contributing_equipment=contributing_equipment(algorithm, created=created),
-            series_description=series_description(KIND_SEG, demo_weights=algorithm.demo_weights),
-            content_date=created.date(),
-            content_time=created.time(),
-            series_date=created.date(),
-            series_time=created.time(),
-        )
-        _set_dimension_organization_uid(
-            seg,
-            derive_uid(source_uid=image.sop_instance_uid, model_version=algorithm.version, kind="seg/dimensions"),
-        )
-        if "PatientOrientation" not in seg:
-            # Type 2C in General Image when there is no plane orientation (projection radiograph).
-            seg.PatientOrientation = ds.get("PatientOrientation") or None
-        if algorithm.demo_weights:
-            seg.ImageComments = NOT_FOR_CLINICAL_USE
-        finalize(seg, created=created)
-        outputs.append(seg)
+        seg = seg_for_image(result, image, sources, number=len(outputs) + 1, created=created)
+        if seg is not None:
+            outputs.append(seg)
     logger.info("%d SEG for study %s", len(outputs), result.study_instance_uid)
     return outputs

@@ -16,14 +16,20 @@ expects each group there to be a planar ROI with a tracking identifier and track
         TID 1501 study group: RSNA COVID-19 appearance class and its four probabilities,
           source images = the analysed images
       Qualitative Evaluations
-        per skipped image: TEXT "Not analysed" = reason, INFERRED FROM the image
+        per skipped image: TEXT "Not analysed" = reason, INFERRED FROM the image (an instance
+          whose UIDs cannot be referenced, or that has no SOP Instance UID, gets the TEXT alone)
         with demo weights: TEXT "Demo weights - not for clinical use"
+
+Every instance of the study is in the SR, rejected ones included: their headers (when they could
+be read) give the patient and study attributes, so a study whose images were all rejected still
+gets an SR saying why.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import re
 from collections.abc import Mapping
 
 import highdicom as hd
@@ -64,6 +70,16 @@ _IMAGE_SOP_CLASSES = frozenset(
     }
 )
 _MODALITY_CODES = {"CR": dcm_codes.DCM.ComputedRadiography, "DX": dcm_codes.DCM.DigitalRadiography}
+_UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def _is_uid(value: str | None) -> bool:
+    return bool(value) and len(value) <= 64 and _UID_PATTERN.match(value) is not None
+
+
+def _referenceable(image: ImageResult) -> bool:
+    """Whether an SR can reference the instance: valid SOP Class, SOP Instance and Series UIDs."""
+    return all(_is_uid(uid) for uid in (image.sop_instance_uid, image.series_instance_uid, image.sop_class_uid))
 
 
 def _algorithm_id(result: StudyResult) -> hd.sr.AlgorithmIdentification:
@@ -287,16 +303,24 @@ def _reference(image: ImageResult) -> hd.sr.ContentItem:
     )
 
 
+def _not_analysed(reason: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(
+        name=codes.NOT_ANALYSED, value=reason, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+
+
 def _qualitative_evaluations(result: StudyResult) -> list[hd.sr.ContentItem]:
     items: list[hd.sr.ContentItem] = []
     for image in result.skipped_images:
-        text = hd.sr.TextContentItem(
-            name=codes.NOT_ANALYSED,
-            value=str(image.reason),
-            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-        )
-        text.ContentSequence = hd.sr.ContentSequence([_reference(image)])
+        if _referenceable(image):
+            text = _not_analysed(str(image.reason))
+            text.ContentSequence = hd.sr.ContentSequence([_reference(image)])
+        else:
+            where = f"instance {image.sop_instance_uid}" if _is_uid(image.sop_instance_uid) else "an instance"
+            text = _not_analysed(f"{image.reason} ({where} without valid Series Instance or SOP Class UID)")
         items.append(text)
+    for reason in result.unattributed:
+        items.append(_not_analysed(f"{reason} (an instance without SOP Instance UID)"))
     if result.algorithm.demo_weights:
         items.append(
             hd.sr.TextContentItem(
@@ -330,7 +354,12 @@ def _report_content(result: StudyResult, headers: Mapping[str, pydicom.Dataset])
             relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
         )
     )
-    library = [ds for ds in (headers.get(image.sop_instance_uid) for image in result.images) if _is_library_image(ds)]
+    # The Image Library lists the images that reached the models (a view was predicted).
+    library = [
+        ds
+        for ds in (headers.get(image.sop_instance_uid) for image in result.images if image.view is not None)
+        if _is_library_image(ds)
+    ]
     if library:
         content.append(_image_library(library))
     if groups:
@@ -349,9 +378,12 @@ def _report_content(result: StudyResult, headers: Mapping[str, pydicom.Dataset])
 
 def _evidence(result: StudyResult, headers: Mapping[str, pydicom.Dataset]) -> list[pydicom.Dataset]:
     """Evidence for every referenced instance, headers first (highdicom takes patient and study
-    from the first); a skipped instance without header is described by its UIDs alone."""
-    evidence = list(headers.values())
-    for image in result.images:
+    from the first; analysed images come before rejected ones); a skipped instance without
+    header is described by its UIDs alone."""
+    referenced = [image for image in result.images if _referenceable(image)]
+    order = sorted(referenced, key=lambda image: (image.view is None, image.sop_instance_uid not in headers))
+    evidence = [headers[image.sop_instance_uid] for image in order if image.sop_instance_uid in headers]
+    for image in referenced:
         if image.sop_instance_uid not in headers:
             ds = pydicom.Dataset()
             ds.StudyInstanceUID = result.study_instance_uid
@@ -372,7 +404,8 @@ def write_sr(
 
     ``sources`` maps SOP Instance UID → source header (pixel data not needed); it must hold every
     analysed image and at least one header of the study; skipped images (e.g. rejected at
-    ingest) may lack one. ``created`` sets the creation/content date and time; by default it is
+    ingest) may lack one, and the headers of rejected images supply the patient and study when
+    no image could be analysed. ``created`` sets the creation/content date and time; by default it is
     derived from the source study so a re-run gives a byte-identical document.
     """
     check_sources(result.analysed_images, sources)
