@@ -14,16 +14,18 @@ are in :data:`DCMTK_CASES` so tests can skip them by name.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
@@ -42,6 +44,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     MPEG2MPML,
     RLELossless,
+    SecondaryCaptureImageStorage,
     generate_uid,
 )
 
@@ -51,6 +54,11 @@ PATIENT_NAME = "Kowalczyk^Agnieszka"
 PATIENT_ID = "PID-84921-X"
 NON_ASCII_PATIENT_NAME = "Müller^Zoë"
 NON_ASCII_PATIENT_ID = "PID-55107-Q"
+#: A Japanese patient in ISO 2022 IR 87 with an empty first Specific Character Set value, as
+#: Japanese modalities write it (alphabetic = ideographic = phonetic component groups).
+JAPANESE_CHARACTER_SET = ["", "ISO 2022 IR 87"]
+JAPANESE_PATIENT_NAME = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+JAPANESE_PATIENT_ID = "PID-31337-J"
 #: Strings that must never show up in logs.
 PATIENT_IDENTIFIERS: tuple[str, ...] = (
     PATIENT_NAME,
@@ -61,6 +69,9 @@ PATIENT_IDENTIFIERS: tuple[str, ...] = (
     "Müller",
     "Zoë",
     NON_ASCII_PATIENT_ID,
+    "山田",
+    "Yamada",
+    JAPANESE_PATIENT_ID,
 )
 
 BITS = 12  # bits stored of the original image
@@ -89,6 +100,10 @@ ANALYSABLE_CASES: tuple[str, ...] = (
     "pixel_spacing_zero",
     "body_part_pecho",
     "non_ascii_patient",
+    # Hostile headers the outputs must not copy (writers/sources.py): still analysed.
+    "window_width_zero",
+    "invalid_header_values",
+    "japanese_iso2022_empty_first_value",
     "rle_lossless",
     "rle_lossless_signed_16",
     "jpeg2000_lossless",
@@ -113,7 +128,36 @@ MALFORMED_CASES: tuple[str, ...] = (
     "corrupt_jpeg2000",
     "unsupported_transfer_syntax",
     "missing_study_uid",
+    # Rejected at ingest; a study made only of such images still gets an SR with their reasons.
+    "short_pixel_data",
+    "bits_stored_over_allocated",
+    "rows_zero",
+    "ybr_full",
+    "float_pixel_data",
+    "secondary_capture_dx",
 )
+#: Cases whose headers the writers must repair or leave out of the outputs (see HOSTILE_HEADERS).
+HOSTILE_HEADER_CASES: tuple[str, ...] = (
+    "window_width_zero",
+    "invalid_header_values",
+    "japanese_iso2022_empty_first_value",
+    "pixel_spacing_zero",
+)
+#: Attributes of ``invalid_header_values`` that are invalid as written (dates with separators or
+#: out of range, strings over their VR's length, a person name in the retired form, a
+#: lower-case code string, a Patient Sex outside M/F/O, one value where two are required).
+INVALID_HEADER_VALUES: dict[str, object] = {
+    "StudyDate": "2024-01-05",
+    "StudyTime": "25:61:00",
+    "PatientBirthDate": "19581399",
+    "AccessionNumber": "ACC-2024-0000012345",
+    "StudyID": "STUDY-000000000012",
+    "ReferringPhysicianName": "House, Gregory",
+    "InstitutionName": "Szpital Wojewódzki im. Jana Pawla II w Krakowie, Oddzial Radiologii i Diagnostyki Obrazowej",
+    "PatientSex": "female",
+    "BodyPartExamined": "chest",
+    "PatientOrientation": "L",
+}
 LOSSY_MEAN_DIFF = 0.02
 EXACT_MAX_DIFF = 1e-3
 
@@ -172,6 +216,7 @@ def build_corpus(out_dir: Path, *, seed: int = 0) -> list[CorpusCase]:
     )
     builder = _Builder(out_dir=out_dir, base=base, ids=ids)
     builder.analysable_cases()
+    builder.hostile_header_cases()
     builder.compressed_cases()
     builder.dcmtk_cases()
     builder.malformed_cases()
@@ -475,6 +520,34 @@ class _Builder:
         ds.SeriesInstanceUID = generate_uid(entropy_srcs=[f"cxr-corpus-{self.ids.seed}-series-non-ascii"])
         self.analysable(name, self.write(name, ds), REFERENCE_CASE, study=ds.StudyInstanceUID)
 
+    def hostile_header_cases(self) -> None:
+        """Images ingest accepts whose headers are invalid where our outputs would copy them."""
+        v = self.base.values
+
+        name = "window_width_zero"  # display_array ignores it; a GSPS may not carry it
+        ds = self.image(name, v, bits_stored=BITS)
+        ds.WindowCenter = 2048
+        ds.WindowWidth = 0
+        self.analysable(name, self.write(name, ds), REFERENCE_CASE)
+
+        name = "invalid_header_values"
+        ds = self.image(name, v, bits_stored=BITS)
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        with _unvalidated():
+            for keyword, value in INVALID_HEADER_VALUES.items():
+                setattr(ds, keyword, value)
+            path = self.write(name, ds)
+        self.analysable(name, path, REFERENCE_CASE)
+
+        name = "japanese_iso2022_empty_first_value"
+        ds = self.image(name, v, bits_stored=BITS)
+        ds.SpecificCharacterSet = JAPANESE_CHARACTER_SET
+        ds.PatientName = JAPANESE_PATIENT_NAME
+        ds.PatientID = JAPANESE_PATIENT_ID
+        ds.StudyInstanceUID = generate_uid(entropy_srcs=[f"cxr-corpus-{self.ids.seed}-study-japanese"])
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[f"cxr-corpus-{self.ids.seed}-series-japanese"])
+        self.analysable(name, self.write(name, ds), REFERENCE_CASE, study=ds.StudyInstanceUID)
+
     def compressed_cases(self) -> None:
         v = self.base.values
         signed = (v.astype(np.int32) * 16 - 32768).astype(np.int16)
@@ -610,6 +683,54 @@ class _Builder:
         ds = self.image(name, v, bits_stored=BITS)
         del ds.StudyInstanceUID
         self.malformed(name, self.write(name, ds), "missing StudyInstanceUID", study=None)
+
+        name = "short_pixel_data"  # a complete file whose pixel data is half of Rows x Columns
+        ds = self.image(name, v, bits_stored=BITS)
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+        self.malformed(name, self.write(name, ds), "short pixel data", study=study)
+
+        name = "bits_stored_over_allocated"
+        ds = self.image(name, (v >> 4).astype(np.uint8), bits_stored=8)
+        ds.BitsStored, ds.HighBit = 16, 15
+        self.malformed(name, self.write(name, ds), "invalid bit depth (BitsStored 16 exceeds BitsAllocated 8)", study=study)
+
+        name = "rows_zero"
+        ds = self.image(name, v, bits_stored=BITS)
+        ds.Rows = 0
+        self.malformed(name, self.write(name, ds), "invalid image size (Rows 0)", study=study)
+
+        name = "ybr_full"
+        ds = self.dataset(name)
+        ds.Rows, ds.Columns = v.shape
+        ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+        ds.PhotometricInterpretation = "YBR_FULL"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = np.repeat((v >> 4).astype(np.uint8)[..., None], 3, axis=2).tobytes()
+        self.malformed(name, self.write(name, ds), "colour image (PhotometricInterpretation YBR_FULL)", study=study)
+
+        name = "float_pixel_data"
+        ds = self.dataset(name)
+        ds.Rows, ds.Columns = v.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated = 1, "MONOCHROME2", 32
+        ds.FloatPixelData = (v.astype("<f4") / TOP).tobytes()
+        self.malformed(name, self.write(name, ds), "unsupported float pixel data", study=study)
+
+        name = "secondary_capture_dx"  # refused for its SOP class, whatever its Modality says
+        ds = self.image(name, v, bits_stored=BITS, sop_class=SecondaryCaptureImageStorage, modality="DX")
+        self.malformed(
+            name, self.write(name, ds), "not a CR/DX image (SOP Class Secondary Capture Image Storage)", study=study
+        )
+
+
+@contextlib.contextmanager
+def _unvalidated() -> Iterator[None]:
+    """Let pydicom set and write invalid values (a hospital's modality wrote them)."""
+    previous = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE
+    try:
+        yield
+    finally:
+        config.settings.writing_validation_mode = previous
 
 
 def _set_pixels(ds: Dataset, stored: np.ndarray, *, bits_stored: int, photometric: str) -> None:

@@ -36,12 +36,23 @@ REASON_DUPLICATE = "duplicate SOP Instance UID in the study (first instance kept
 
 @dataclass(frozen=True, eq=False)
 class AnalysedStudy:
-    """A study's typed result plus what the DICOM writers need from its sources."""
+    """A study's typed result plus what the DICOM writers need from its sources.
+
+    ``sources`` are the headers of the ingested images, ``rejected_headers`` those of rejected
+    instances that could still be read (the SR takes the patient and study from them when no
+    image was ingested), ``unattributed`` the rejected instances without SOP Instance UID.
+    """
 
     result: StudyResult
     sources: Mapping[str, pydicom.Dataset] = field(repr=False)
     displays: Mapping[str, np.ndarray] = field(repr=False)
     unattributed: tuple[Rejected, ...] = ()
+    rejected_headers: Mapping[str, pydicom.Dataset] = field(default_factory=dict, repr=False)
+
+    @property
+    def headers(self) -> dict[str, pydicom.Dataset]:
+        """Every header the writers may copy from: ingested images first, then rejected ones."""
+        return {**self.sources, **{uid: ds for uid, ds in self.rejected_headers.items() if uid not in self.sources}}
 
 
 def algorithm_info(manifest: Mapping[str, Any]) -> AlgorithmInfo:
@@ -112,12 +123,14 @@ def analyze_study(
     algorithm: AlgorithmInfo,
     ingest_ms: float = 0.0,
     min_score: float | None = None,
+    rejected_headers: Mapping[str, pydicom.Dataset] | None = None,
 ) -> AnalysedStudy:
     """Run the models over a study's ingested images (batched) and assemble its StudyResult.
 
     Rejected items keep their ingest reason; a rejected item without a SOP Instance UID cannot be
     referenced from the study's outputs and is returned in ``unattributed``. ``min_score`` (None:
     :func:`report_min_score` of the analyzer's manifest) is the lowest opacity score reported.
+    ``rejected_headers`` (SOP Instance UID → header) are kept for the writers.
     """
     if min_score is None:
         min_score = report_min_score(analyzer.manifest)
@@ -162,10 +175,13 @@ def analyze_study(
         study_probabilities=prediction.probabilities if prediction else None,
         images=tuple(results),
         timings_ms=timings,
+        unattributed=tuple(item.reason for item in unattributed),
     )
+    rejected = {r.sop_instance_uid for r in results if not r.analysed}
     return AnalysedStudy(
         result=result,
         sources={im.sop_instance_uid: im.dataset for im in images},
         displays={im.sop_instance_uid: im.display for im in images},
         unattributed=tuple(unattributed),
+        rejected_headers={uid: ds for uid, ds in (rejected_headers or {}).items() if uid in rejected},
     )

@@ -1,7 +1,9 @@
 """``cxr analyze PATH... --out DIR``: analyse DICOM files or folders, one result folder per study.
 
-Instances are grouped into studies by StudyInstanceUID. Per-image problems are reported in each
-study's result; the exit status is non-zero only when nothing at all could be analysed.
+Instances are grouped into studies by StudyInstanceUID and each study takes the path every door
+takes (:func:`cxr_service.pipeline.run_study`, destination a folder). Per-image problems are
+reported in each study's result; files that belong to no study are listed in
+``not_analysed.json``. The exit status is non-zero only when nothing at all could be analysed.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from cxr_models.inference.pipeline import Analyzer
-from cxr_service.analysis import REPORT_MIN_SCORE, algorithm_info, analyze_study, report_min_score
-from cxr_service.ingest import NO_STUDY_KEY, IngestLimits, group_by_study, ingest_file, iter_dicom_paths
-from cxr_service.outputs import summarize, write_study_folder
+from cxr_service.analysis import REPORT_MIN_SCORE
+from cxr_service.engine import AnalysisEngine
+from cxr_service.ingest import IngestLimits, iter_dicom_paths
+from cxr_service.outputs import safe_uid_component, summarize
+from cxr_service.pipeline import Folder, InstanceSource, Requester, StudyInstance, StudyRequest, ingest_instance, run_study, unattributed_entry
 
 logger = logging.getLogger(__name__)
 
@@ -40,43 +43,44 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def group_instances(instances: list[StudyInstance]) -> tuple[dict[str, list[StudyInstance]], list[StudyInstance]]:
+    """StudyInstanceUID → its instances (first-seen order), and the instances of no study."""
+    studies: dict[str, list[StudyInstance]] = {}
+    orphans: list[StudyInstance] = []
+    for instance in instances:
+        uid = instance.item.study_instance_uid
+        if uid:
+            studies.setdefault(uid, []).append(instance)
+        else:
+            orphans.append(instance)
+    return studies, orphans
+
+
 def main(args: argparse.Namespace) -> None:
-    limits = IngestLimits(max_pixels=args.max_pixels)
-    analyzer = Analyzer.load(weights_dir=args.weights, device=args.device)
-    algorithm = algorithm_info(analyzer.manifest)
-    min_score = report_min_score(analyzer.manifest, args.min_score)
+    engine = AnalysisEngine.create(
+        weights_dir=args.weights, device=args.device, min_score=args.min_score, max_pixels=args.max_pixels
+    )
     start = time.perf_counter()
-    items = [ingest_file(p, limits=limits) for p in iter_dicom_paths(args.paths)]
+    instances = [ingest_instance(InstanceSource(label=p.name, path=p), limits=engine.limits) for p in iter_dicom_paths(args.paths)]
     ingest_ms = (time.perf_counter() - start) * 1000.0
-    groups = group_by_study(items)
+    studies, orphans = group_instances(instances)
     args.out.mkdir(parents=True, exist_ok=True)
-    unattributed = [
-        {"source": r.source, "sop_instance_uid": r.sop_instance_uid, "reason": r.reason}
-        for r in groups.pop(NO_STUDY_KEY, [])
-    ]
-    n_images = max(1, len(items))
+    unattributed = [unattributed_entry(o.item) for o in orphans]  # type: ignore[arg-type]
+    n_images = max(1, len(instances))
     analysed_total = 0
-    for study_uid, study_items in groups.items():
-        study = analyze_study(
-            study_items,
-            study_instance_uid=study_uid,
-            analyzer=analyzer,
-            algorithm=algorithm,
-            ingest_ms=ingest_ms * len(study_items) / n_images,
-            min_score=min_score,
-        )
-        unattributed.extend(
-            {"source": r.source, "sop_instance_uid": None, "reason": r.reason} for r in study.unattributed
-        )
-        folder, document = write_study_folder(study, args.out)
-        analysed_total += sum(1 for i in document["images"] if i["analysed"])
-        print(f"{summarize(document)}\n  -> {folder}")
+    destination = Folder(args.out)
+    for study_uid, study_instances in studies.items():
+        request = StudyRequest(study_instance_uid=study_uid, requester=Requester.CLI, destination=destination)
+        share = {"ingest": ingest_ms * len(study_instances) / n_images}
+        run = run_study(request, study_instances, engine=engine, timings_ms=share)
+        analysed_total += run.analysed
+        print(f"{summarize(run.document)}\n  -> {args.out / safe_uid_component(study_uid)}")
     if unattributed:
         (args.out / UNATTRIBUTED_NAME).write_text(json.dumps(unattributed, indent=2) + "\n", encoding="utf-8")
         for entry in unattributed:
             print(f"{entry['source']}: not analysed: {entry['reason']}")
     if analysed_total == 0:
-        logger.error("nothing could be analysed in %d file(s)", len(items))
+        logger.error("nothing could be analysed in %d file(s)", len(instances))
         sys.exit(1)
 
 

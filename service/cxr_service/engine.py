@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pydicom
 
 from cxr_models.inference.pipeline import Analyzer
 from cxr_service.analysis import AnalysedStudy, algorithm_info, analyze_study, report_min_score
@@ -31,23 +34,40 @@ class AnalysisEngine:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, settings: Settings) -> AnalysisEngine:
-        analyzer = Analyzer.load(weights_dir=settings.weights_dir, device=settings.device)
+    def create(
+        cls, *, weights_dir: Path | None, device: str, min_score: float | None, max_pixels: int
+    ) -> AnalysisEngine:
+        """Load the weights (None: the shipped demo weights) onto ``device``; ``min_score`` None
+        means the manifest's reporting threshold."""
+        analyzer = Analyzer.load(weights_dir=weights_dir, device=device)
         engine = cls(
             analyzer,
-            min_score=report_min_score(analyzer.manifest, settings.min_score),
-            limits=IngestLimits(max_pixels=settings.max_pixels),
+            min_score=report_min_score(analyzer.manifest, min_score),
+            limits=IngestLimits(max_pixels=max_pixels),
         )
         logger.info(
             "models %s loaded on %s, opacities reported from score %.3f", engine.model_version, analyzer.device, engine.min_score
         )
         return engine
 
+    @classmethod
+    def load(cls, settings: Settings) -> AnalysisEngine:
+        return cls.create(
+            weights_dir=settings.weights_dir, device=settings.device, min_score=settings.min_score, max_pixels=settings.max_pixels
+        )
+
     @property
     def model_version(self) -> str:
         return self.algorithm.version
 
-    def analyze(self, items: Sequence[IngestResult], *, study_instance_uid: str, ingest_ms: float = 0.0) -> AnalysedStudy:
+    def analyze(
+        self,
+        items: Sequence[IngestResult],
+        *,
+        study_instance_uid: str,
+        ingest_ms: float = 0.0,
+        rejected_headers: Mapping[str, pydicom.Dataset] | None = None,
+    ) -> AnalysedStudy:
         with self._lock:
             return analyze_study(
                 items,
@@ -56,6 +76,7 @@ class AnalysisEngine:
                 algorithm=self.algorithm,
                 ingest_ms=ingest_ms,
                 min_score=self.min_score,
+                rejected_headers=rejected_headers,
             )
 
 

@@ -2,6 +2,9 @@
 
 The queue engine (Huey, :mod:`cxr_service.jobqueue`) moves job ids; this store holds what a job
 *is*: its state, attempts, lease, error and timings, plus each study's latest ``result.json``.
+Results are kept per origin (:class:`ResultOrigin`): a job's result (its outputs are in a PACS)
+and an upload's (its outputs were stored nowhere) never replace each other.
+
 Two implementations with the same semantics:
 
 - :class:`SqliteJobStore` for the embedded mode (one machine; WAL, safe across processes);
@@ -49,6 +52,17 @@ CLAIMABLE_STATES = frozenset({JobState.QUEUED, JobState.RETRYING})
 class JobKind(StrEnum):
     DICOMWEB = "dicomweb"  # fetch from the DICOMweb source, store outputs by STOW-RS
     SPOOL = "spool"  # instances received by `cxr scp`, outputs C-STOREd to the destination AE
+
+
+class ResultOrigin(StrEnum):
+    """Who produced a stored result; each origin has its own slot per study."""
+
+    JOB = "job"  # a queued job (DICOMweb or `cxr scp`): its outputs were delivered to a PACS
+    UPLOAD = "upload"  # POST /v1/analyze: its outputs were stored nowhere
+
+
+# The table (SQLite) or key prefix (Redis) of each origin's results.
+_RESULT_SLOTS: Mapping[ResultOrigin, str] = {ResultOrigin.JOB: "results", ResultOrigin.UPLOAD: "upload_results"}
 
 
 @dataclass(frozen=True)
@@ -114,15 +128,17 @@ class Job:
 
 @dataclass(frozen=True)
 class StoredResult:
-    """The latest result.json of a study, the model version and job that made it, and how many
-    analyses of the study completed in total (the exactly-once checks read it)."""
+    """The latest result.json of a study from one origin, the model version and job that made it
+    (None for an upload), and how many analyses of that origin completed in total (the
+    exactly-once checks read a job result's count)."""
 
     study_instance_uid: str
     model_version: str
-    job_id: str
+    job_id: str | None
     analyses: int
     document: Mapping[str, Any]
     updated_at: float
+    origin: ResultOrigin = ResultOrigin.JOB
 
 
 @dataclass(frozen=True)
@@ -161,10 +177,21 @@ class JobStore(ABC):
     def counts_by_state(self) -> dict[str, int]: ...
 
     @abstractmethod
-    def put_result(self, *, document: Mapping[str, Any], job_id: str) -> StoredResult: ...
+    def put_result(
+        self, *, document: Mapping[str, Any], job_id: str | None, origin: ResultOrigin = ResultOrigin.JOB
+    ) -> StoredResult:
+        """Keep ``document`` as the study's latest result of ``origin`` (a job's needs its id)."""
 
     @abstractmethod
-    def get_result(self, study_instance_uid: str) -> StoredResult | None: ...
+    def get_stored_result(self, study_instance_uid: str, origin: ResultOrigin) -> StoredResult | None: ...
+
+    def get_result(self, study_instance_uid: str, *, origin: ResultOrigin | None = None) -> StoredResult | None:
+        """The study's result of ``origin``; without one, the job's result, else the upload's."""
+        if origin is not None:
+            return self.get_stored_result(study_instance_uid, ResultOrigin(origin))
+        return self.get_stored_result(study_instance_uid, ResultOrigin.JOB) or self.get_stored_result(
+            study_instance_uid, ResultOrigin.UPLOAD
+        )
 
     @abstractmethod
     def observe(self, timings_ms: Mapping[str, float]) -> None:
@@ -285,6 +312,9 @@ class SqliteJobStore(JobStore):
                 CREATE TABLE IF NOT EXISTS results (
                     study_uid TEXT PRIMARY KEY, model_version TEXT NOT NULL, job_id TEXT NOT NULL,
                     analyses INTEGER NOT NULL, document TEXT NOT NULL, updated_at REAL NOT NULL);
+                CREATE TABLE IF NOT EXISTS upload_results (
+                    study_uid TEXT PRIMARY KEY, model_version TEXT NOT NULL, job_id TEXT,
+                    analyses INTEGER NOT NULL, document TEXT NOT NULL, updated_at REAL NOT NULL);
                 CREATE TABLE IF NOT EXISTS latency (
                     stage TEXT NOT NULL, bound TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (stage, bound));
                 """
@@ -345,30 +375,37 @@ class SqliteJobStore(JobStore):
         counts.update({state: int(n) for state, n in rows})
         return counts
 
-    def put_result(self, *, document: Mapping[str, Any], job_id: str) -> StoredResult:
+    def put_result(
+        self, *, document: Mapping[str, Any], job_id: str | None, origin: ResultOrigin = ResultOrigin.JOB
+    ) -> StoredResult:
+        origin = ResultOrigin(origin)
+        if origin == ResultOrigin.JOB and not job_id:
+            raise ValueError(f"job_id is required for a job's result, got {job_id!r}")
+        table = _RESULT_SLOTS[origin]
         uid = str(document["study_instance_uid"])
         with self._tx() as db:
-            row = db.execute("SELECT analyses FROM results WHERE study_uid = ?", (uid,)).fetchone()
+            row = db.execute(f"SELECT analyses FROM {table} WHERE study_uid = ?", (uid,)).fetchone()
             analyses = (row[0] if row else 0) + 1
             now = time.time()
             db.execute(
-                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?, ?)",
                 (uid, str(document["model_version"]), job_id, analyses, json.dumps(document), now),
             )
-        return StoredResult(uid, str(document["model_version"]), job_id, analyses, document, now)
+        return StoredResult(uid, str(document["model_version"]), job_id, analyses, document, now, origin)
 
-    def get_result(self, study_instance_uid: str) -> StoredResult | None:
+    def get_stored_result(self, study_instance_uid: str, origin: ResultOrigin) -> StoredResult | None:
+        table = _RESULT_SLOTS[ResultOrigin(origin)]
         row = (
             self._connect()
             .execute(
-                "SELECT study_uid, model_version, job_id, analyses, document, updated_at FROM results WHERE study_uid = ?",
+                f"SELECT study_uid, model_version, job_id, analyses, document, updated_at FROM {table} WHERE study_uid = ?",
                 (study_instance_uid,),
             )
             .fetchone()
         )
         if row is None:
             return None
-        return StoredResult(row[0], row[1], row[2], int(row[3]), json.loads(row[4]), float(row[5]))
+        return StoredResult(row[0], row[1], row[2], int(row[3]), json.loads(row[4]), float(row[5]), ResultOrigin(origin))
 
     def observe(self, timings_ms: Mapping[str, float]) -> None:
         rows = [
@@ -499,9 +536,19 @@ class RedisJobStore(JobStore):
     def counts_by_state(self) -> dict[str, int]:
         return {str(s): int(self.client.scard(self._k("state", str(s)))) for s in JobState}
 
-    def put_result(self, *, document: Mapping[str, Any], job_id: str) -> StoredResult:
+    def _result_key(self, study_instance_uid: str, origin: ResultOrigin) -> str:
+        # Job results keep their historical key ("result"); uploads have their own.
+        slot = "result" if origin == ResultOrigin.JOB else _RESULT_SLOTS[origin]
+        return self._k(slot, study_instance_uid)
+
+    def put_result(
+        self, *, document: Mapping[str, Any], job_id: str | None, origin: ResultOrigin = ResultOrigin.JOB
+    ) -> StoredResult:
+        origin = ResultOrigin(origin)
+        if origin == ResultOrigin.JOB and not job_id:
+            raise ValueError(f"job_id is required for a job's result, got {job_id!r}")
         uid = str(document["study_instance_uid"])
-        key = self._k("result", uid)
+        key = self._result_key(uid, origin)
         now = time.time()
         pipe = self.client.pipeline()
         pipe.hincrby(key, "analyses", 1)
@@ -509,25 +556,27 @@ class RedisJobStore(JobStore):
             key,
             mapping={
                 "model_version": str(document["model_version"]),
-                "job_id": job_id,
+                "job_id": job_id or "",
                 "document": json.dumps(document),
                 "updated_at": repr(now),
             },
         )
         analyses = int(pipe.execute()[0])
-        return StoredResult(uid, str(document["model_version"]), job_id, analyses, document, now)
+        return StoredResult(uid, str(document["model_version"]), job_id, analyses, document, now, origin)
 
-    def get_result(self, study_instance_uid: str) -> StoredResult | None:
-        row = self.client.hgetall(self._k("result", study_instance_uid))
+    def get_stored_result(self, study_instance_uid: str, origin: ResultOrigin) -> StoredResult | None:
+        origin = ResultOrigin(origin)
+        row = self.client.hgetall(self._result_key(study_instance_uid, origin))
         if not row or "document" not in row:
             return None
         return StoredResult(
             study_instance_uid,
             row["model_version"],
-            row["job_id"],
+            row["job_id"] or None,
             int(row["analyses"]),
             json.loads(row["document"]),
             float(row["updated_at"]),
+            origin,
         )
 
     def observe(self, timings_ms: Mapping[str, float]) -> None:

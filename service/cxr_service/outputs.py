@@ -1,5 +1,5 @@
-"""Writing a study's outputs to a folder: ``<out>/<StudyInstanceUID>/`` with ``result.json``,
-``sr.dcm``, ``gsps/``, ``seg/`` and ``sc/``.
+"""A study's DICOM outputs and its result document, and writing them to a folder:
+``<out>/<StudyInstanceUID>/`` with ``result.json``, ``sr.dcm``, ``gsps/``, ``seg/`` and ``sc/``.
 
 Folder names derived from DICOM values are validated: a StudyInstanceUID that is not a valid UID
 never becomes a path component (it cannot climb out of the output folder).
@@ -21,13 +21,15 @@ import pydicom
 
 from cxr_service.analysis import AnalysedStudy
 from cxr_service.results import to_result_json
-from cxr_service.uids import KIND_GSPS, KIND_SC, KIND_SEG, KIND_SR
-from cxr_service.writers import write_all
+from cxr_service.uids import KIND_GSPS, KIND_SC, KIND_SEG, KIND_SR, OUTPUT_KINDS
+from cxr_service.writers import OutputProblem, StudyOutputs, write_all
 
 logger = logging.getLogger(__name__)
 
 _UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 RESULT_NAME = "result.json"
+SR_NAME = "sr.dcm"
+NO_HEADER_REASON = "no instance header could be read, and every DICOM output must copy the patient and study from one"
 
 
 def safe_uid_component(uid: str) -> str:
@@ -44,65 +46,86 @@ def _write_dataset(ds: pydicom.Dataset, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def build_outputs(study: AnalysedStudy) -> tuple[dict[str, list[pydicom.Dataset]], float]:
-    """Every DICOM output of ``study`` (kind → datasets) and the time the writers took in ms.
+def build_outputs(study: AnalysedStudy) -> tuple[StudyOutputs, float]:
+    """Every DICOM output of ``study`` and the time the writers took in ms.
 
-    A study in which no image could be read has no outputs: no header carries the patient and
-    study attributes that every DICOM output must copy, so result.json alone reports the reasons.
+    The SR covers every instance, rejected ones included, and takes the patient and study from
+    the ingested images' headers, else from the rejected instances' headers. Only a study none
+    of whose headers could be read has no outputs (reported as an SR problem): result.json alone
+    gives the reasons then.
     """
     start = time.perf_counter()
-    if study.sources:
-        datasets = write_all(study.result, study.sources, study.displays)
+    headers = study.headers
+    if headers:
+        outputs = write_all(study.result, headers, study.displays)
     else:
-        logger.warning("study %s: no image could be read; only result.json is written", study.result.study_instance_uid)
-        datasets = {}
-    return datasets, (time.perf_counter() - start) * 1000.0
+        logger.warning("study %s: no SR: %s", study.result.study_instance_uid, NO_HEADER_REASON)
+        outputs = StudyOutputs(
+            datasets={}, problems=(OutputProblem(KIND_SR, study.result.study_instance_uid, NO_HEADER_REASON),)
+        )
+    return outputs, (time.perf_counter() - start) * 1000.0
 
 
 def result_document(
     study: AnalysedStudy,
-    datasets: Mapping[str, list[pydicom.Dataset]],
+    outputs: StudyOutputs,
     *,
     writers_ms: float,
     files: Mapping[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """The result.json document of ``study``; ``files`` (kind → paths) when written to a folder."""
-    outputs: dict[str, Any] = {}
+    """The result.json document of ``study``; ``files`` (kind → paths) when written to a folder.
+
+    ``not_written`` lists the outputs the writers had to leave out (or, for the SR, write without
+    image details), with the reason.
+    """
+    described: dict[str, Any] = {}
     for kind in (KIND_SR, KIND_GSPS, KIND_SEG, KIND_SC):
-        items = datasets.get(kind, [])
+        items = outputs.datasets.get(kind, [])
         if not items:
-            outputs[kind] = None
+            described[kind] = None
             continue
-        outputs[kind] = {
+        described[kind] = {
             "series_instance_uid": str(items[0].SeriesInstanceUID),
             "sop_instance_uids": [str(ds.SOPInstanceUID) for ds in items],
         }
         if files is not None:
-            outputs[kind]["files"] = list(files.get(kind, []))
-    document = to_result_json(study.result, outputs=outputs)
+            described[kind]["files"] = list(files.get(kind, []))
+    document = to_result_json(study.result, outputs=described)
+    document["not_written"] = [
+        {"kind": p.kind, "sop_instance_uid": p.sop_instance_uid, "reason": p.reason} for p in outputs.problems
+    ]
     timings = {**study.result.timings_ms, "writers": writers_ms}
     document["timings_ms"] = {k: round(float(v), 1) for k, v in timings.items()}
     return document
 
 
-def write_study_folder(study: AnalysedStudy, out_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """Write every output of ``study`` under ``out_dir``; returns the study folder and result.json."""
-    folder = out_dir / safe_uid_component(study.result.study_instance_uid)
-    datasets, writers_ms = build_outputs(study)
+def write_output_files(study_instance_uid: str, datasets: Mapping[str, list[pydicom.Dataset]], out_dir: Path) -> tuple[Path, dict[str, list[str]]]:
+    """Write a study's DICOM outputs under ``out_dir``; returns the study folder and kind → paths
+    (relative to that folder)."""
+    folder = out_dir / safe_uid_component(study_instance_uid)
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[str]] = {}
-    for kind, items in datasets.items():
-        for ds in items:
+    for kind in OUTPUT_KINDS:
+        for ds in datasets.get(kind, []):
             if kind == KIND_SR:
-                path = folder / "sr.dcm"
+                path = folder / SR_NAME
             else:
                 (folder / kind).mkdir(exist_ok=True)
                 path = folder / kind / f"{safe_uid_component(str(ds.SOPInstanceUID))}.dcm"
             _write_dataset(ds, path)
             files.setdefault(kind, []).append(str(path.relative_to(folder)))
-    document = result_document(study, datasets, writers_ms=writers_ms, files=files)
-    (folder / RESULT_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    return folder, document
+    return folder, files
+
+
+def write_result_file(document: Mapping[str, Any], out_dir: Path) -> Path:
+    """Write ``document`` as ``<out_dir>/<StudyInstanceUID>/result.json``; returns its path."""
+    folder = out_dir / safe_uid_component(str(document["study_instance_uid"]))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RESULT_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def summarize(document: Mapping[str, Any]) -> str:
@@ -116,4 +139,6 @@ def summarize(document: Mapping[str, Any]) -> str:
         f"{analysed}/{len(images)} images analysed, {boxes} opacities"
     ]
     lines += [f"  {i['sop_instance_uid']}: not analysed: {i['reason']}" for i in images if not i["analysed"]]
+    lines += [f"  {u['source']}: not analysed: {u['reason']}" for u in document.get("not_attributed", [])]
+    lines += [f"  {p['kind'].upper()} of {p['sop_instance_uid']}: {p['reason']}" for p in document.get("not_written", [])]
     return "\n".join(lines)

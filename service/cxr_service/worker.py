@@ -5,12 +5,15 @@ the same runner in an embedded consumer. Each job:
 
 1. is claimed (a job can run in one worker at a time; a finished job never runs again) and
    holds a lease renewed by a heartbeat, so a killed worker's job is requeued (``JobQueue.reap``);
-2. is skipped when the study was already analysed from the same instances with the same model
-   version, unless forced;
-3. gathers its instances (DICOMweb QIDO + WADO, or the SCP's spool folder), analyses them,
-   sends the outputs (STOW-RS, or C-STORE to the destination AE) and stores result.json;
-4. on a transient failure (PACS down...) is retried with exponential backoff, up to
-   ``job_retries`` times; on a permanent one it fails with its reason.
+2. gathers its instances (DICOMweb QIDO + WADO, or the SCP's spool folder);
+3. is skipped when the study was already analysed from the same instances, byte for byte
+   (SHA-256 of each), with the same model version and for the same destination, unless forced:
+   an instance re-sent under its SOP Instance UID with other pixels is analysed again;
+4. otherwise runs :func:`cxr_service.pipeline.run_study` (the path every door takes): analysis,
+   outputs sent by STOW-RS or C-STORE to the destination AE, result.json kept as the job's;
+5. on a transient failure (PACS down...) is retried with exponential backoff, up to
+   ``job_retries`` times; on a permanent one (a 4xx, an unknown study, an error the same input
+   would raise again) it fails at once with its reason.
 """
 
 from __future__ import annotations
@@ -30,11 +33,22 @@ from typing import Any
 from cxr_service.dicomweb import DicomWebAuth, DicomWebPacs, InstanceRef
 from cxr_service.dimse import RemoteAE, send_datasets
 from cxr_service.engine import LazyEngine
-from cxr_service.failures import JobFailure, PermanentFailure, TransientFailure
-from cxr_service.ingest import IngestLimits, IngestResult, Rejected, ingest_dataset, ingest_file, iter_dicom_paths
+from cxr_service.failures import JobFailure, PermanentFailure, TransientFailure, as_job_failure
+from cxr_service.ingest import IngestLimits, Rejected, iter_dicom_paths
 from cxr_service.jobqueue import JobQueue
-from cxr_service.jobs import Job, JobKind, JobState
-from cxr_service.outputs import build_outputs, result_document
+from cxr_service.jobs import Job, JobKind, JobState, ResultOrigin
+from cxr_service.pipeline import (
+    InstanceSource,
+    Nowhere,
+    Pacs,
+    Requester,
+    StudyInstance,
+    StudyRequest,
+    fetch_failed,
+    ingest_instance,
+    run_study,
+    source_digests,
+)
 from cxr_service.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -80,13 +94,22 @@ def destination_ae(settings: Settings) -> RemoteAE | None:
 class JobRunner:
     """Runs one job id at a time per calling thread; see the module docstring."""
 
-    def __init__(self, *, queue: JobQueue, engine: LazyEngine, settings: Settings) -> None:
+    def __init__(
+        self,
+        *,
+        queue: JobQueue,
+        engine: LazyEngine,
+        settings: Settings,
+        source: DicomWebPacs | None = None,
+        destination: DicomWebPacs | None = None,
+    ) -> None:
+        """``source`` and ``destination`` default to the PACS the settings name."""
         self.queue = queue
         self.store = queue.store
         self.engine = engine
         self.settings = settings
-        self.source = source_pacs(settings)
-        self.destination = destination_pacs(settings, source=self.source)
+        self.source = source or source_pacs(settings)
+        self.destination = destination or destination_pacs(settings, source=self.source)
         self.destination_ae = destination_ae(settings)
 
     def __call__(self, job_id: str) -> None:
@@ -103,9 +126,9 @@ class JobRunner:
             except JobFailure as exc:
                 self._failed(job, me, exc)
                 return
-            except Exception as exc:  # noqa: BLE001 - an unexpected error is retried, then fails the job
+            except Exception as exc:  # noqa: BLE001 - classified: deterministic errors fail at once, others are retried
                 logger.exception("job %s: unexpected error", job.id)
-                self._failed(job, me, TransientFailure(f"internal error: {type(exc).__name__}: {exc}"[:300]))
+                self._failed(job, me, as_job_failure(exc))
                 return
         timings["total"] = (time.perf_counter() - start) * 1000.0
         self.store.finish(job.id, worker=me, state=JobState.DONE, note=note, model_version=version, timings_ms=timings)
@@ -150,33 +173,26 @@ class JobRunner:
         version = engine.model_version
         start = time.perf_counter()
         listed = self._list(job)
-        previous = self.store.get_result(job.study_instance_uid)
+        instances = self._retrieve(job, listed, engine.limits)
+        fetch_ms = (time.perf_counter() - start) * 1000.0
         destination = self._destination(job)
+        previous = self.store.get_result(job.study_instance_uid, origin=ResultOrigin.JOB)
         if (
             not job.force
             and previous is not None
             and previous.model_version == version
-            and previous.document.get("delivered_to") == destination
+            and previous.document.get("delivered_to") == destination.label
+            and previous.document.get("source_digests") == source_digests(instances)
         ):
-            before = {i["sop_instance_uid"] for i in previous.document.get("images", [])}
-            if before == set(listed):
-                note = f"already analysed with model version {version} (job {previous.job_id}); not redone"
-                self._cleanup(job)
-                return note, {"fetch": (time.perf_counter() - start) * 1000.0}, version
-        items = self._retrieve(job, listed, engine.limits)
-        fetch_ms = (time.perf_counter() - start) * 1000.0
-        study = engine.analyze(items, study_instance_uid=job.study_instance_uid, ingest_ms=0.0)
-        datasets, writers_ms = build_outputs(study)
-        start = time.perf_counter()
-        self._deliver(job, [ds for kind in datasets.values() for ds in kind])
-        deliver_ms = (time.perf_counter() - start) * 1000.0
-        document = result_document(study, datasets, writers_ms=writers_ms)
-        document["job_id"] = job.id
-        document["delivered_to"] = destination
-        document["timings_ms"].update(fetch=round(fetch_ms, 1), deliver=round(deliver_ms, 1))
-        self.store.put_result(document=document, job_id=job.id)
+            note = f"already analysed from the same instances with model version {version} (job {previous.job_id}); not redone"
+            self._cleanup(job)
+            return note, {"fetch": fetch_ms}, version
+        request = StudyRequest(
+            study_instance_uid=job.study_instance_uid, requester=Requester.JOB, destination=destination, job_id=job.id
+        )
+        run = run_study(request, instances, engine=engine, store=self.store, timings_ms={"fetch": fetch_ms})
         self._cleanup(job)
-        return None, {k: float(v) for k, v in document["timings_ms"].items()}, version
+        return run.summary, {k: float(v) for k, v in run.document["timings_ms"].items()}, version
 
     def _list(self, job: Job) -> dict[str, InstanceRef | Path]:
         """SOP Instance UID → where to get it: a DICOMweb reference or a spooled file."""
@@ -195,51 +211,50 @@ class JobRunner:
             return {path.stem: path for path in iter_dicom_paths([folder])}
         raise PermanentFailure(f"unknown job kind {job.kind!r}")
 
-    def _retrieve(self, job: Job, listed: dict[str, InstanceRef | Path], limits: IngestLimits) -> list[IngestResult]:
-        items: list[IngestResult] = []
+    def _retrieve(self, job: Job, listed: dict[str, InstanceRef | Path], limits: IngestLimits) -> list[StudyInstance]:
+        instances: list[StudyInstance] = []
         for sop_uid, where in listed.items():
             if isinstance(where, Path):
-                item = ingest_file(where, limits=limits)
-                if item.study_instance_uid in (None, job.study_instance_uid):
-                    items.append(item)
+                instance = ingest_instance(InstanceSource(label=where.name, path=where), limits=limits)
+                if instance.item.study_instance_uid in (None, job.study_instance_uid):
+                    instances.append(instance)
                 continue
             assert self.source is not None
             try:
                 ds = self.source.retrieve(where)
             except JobFailure:
                 raise
-            except Exception as exc:  # an unreadable instance is reported, the others analysed
+            except Exception as exc:  # noqa: BLE001 - an unreadable instance is reported, the others analysed
                 logger.warning("job %s: instance %s unreadable: %s", job.id, sop_uid, type(exc).__name__)
-                items.append(
-                    Rejected(
-                        sop_instance_uid=sop_uid,
-                        study_instance_uid=where.study_instance_uid,
-                        series_instance_uid=where.series_instance_uid,
-                        source=sop_uid,
-                        reason=f"could not be retrieved or parsed ({type(exc).__name__})",
+                instances.append(
+                    fetch_failed(
+                        Rejected(
+                            sop_instance_uid=sop_uid,
+                            study_instance_uid=where.study_instance_uid,
+                            series_instance_uid=where.series_instance_uid,
+                            source=sop_uid,
+                            reason=f"could not be retrieved or parsed ({type(exc).__name__})",
+                        )
                     )
                 )
                 continue
-            items.append(ingest_dataset(ds, source=sop_uid, limits=limits))
-        return items
+            instances.append(ingest_instance(InstanceSource(label=sop_uid, dataset=ds), limits=limits))
+        return instances
 
-    def _destination(self, job: Job) -> str | None:
-        """Where this job's outputs go (no credentials): the skip rule compares it, so a study
-        analysed by an upload, or stored elsewhere, is still stored here."""
+    def _destination(self, job: Job) -> Pacs | Nowhere:
+        """Where this job's outputs go; its label (no credentials) is the result's delivered_to,
+        which the skip rule compares, so a study analysed by an upload, or stored elsewhere, is
+        still stored here."""
         if job.kind == JobKind.SPOOL and self.destination_ae is not None:
             ae = self.destination_ae
-            return f"dimse:{ae.ae_title}@{ae.host}:{ae.port}"
+            return Pacs(
+                label=f"dimse:{ae.ae_title}@{ae.host}:{ae.port}",
+                send=lambda datasets: send_datasets(datasets, destination=ae, calling_ae_title=self.settings.scp_ae_title),
+            )
         if self.destination is not None:
-            return f"dicomweb:{self.destination.url}"
-        return None
-
-    def _deliver(self, job: Job, datasets: list) -> None:
-        if job.kind == JobKind.SPOOL and self.destination_ae is not None:
-            send_datasets(datasets, destination=self.destination_ae, calling_ae_title=self.settings.scp_ae_title)
-        elif self.destination is not None:
-            self.destination.store(datasets)
-        else:
-            logger.info("job %s: no destination configured; result.json only", job.id)
+            return Pacs(label=f"dicomweb:{self.destination.url}", send=self.destination.store)
+        logger.info("job %s: no destination configured; result.json only", job.id)
+        return Nowhere()
 
     def _cleanup(self, job: Job) -> None:
         if job.kind == JobKind.SPOOL and job.spool:

@@ -182,7 +182,8 @@ def test_each_malformed_file_gets_its_reason_and_the_study_is_still_analysed(tmp
     reference = pydicom.dcmread(cases[REFERENCE_CASE].path, stop_before_pixels=True)
     assert by_uid[reference.SOPInstanceUID]["analysed"] is True
     unattributed = json.loads((out / "not_analysed.json").read_text()) if (out / "not_analysed.json").exists() else []
-    reasons = [i["reason"] for i in doc["images"] if not i["analysed"]] + [u["reason"] for u in unattributed]
+    assert all(set(u) == {"source", "sop_instance_uid", "reason"} for u in unattributed + doc["not_attributed"])
+    reasons = [i["reason"] for i in doc["images"] if not i["analysed"]] + [u["reason"] for u in unattributed + doc["not_attributed"]]
     for name in chosen[1:]:
         fragment = cases[name].reason_contains
         assert any(fragment in reason for reason in reasons), f"{name}: no reason containing {fragment!r} in {reasons}"
@@ -197,6 +198,14 @@ def test_exit_status_is_nonzero_only_when_nothing_could_be_analysed(tmp_path: Pa
     proc = run_analyze([folder], tmp_path / "out")
     assert proc.returncode == 1
     assert "not analysed" in proc.stdout
+    # Nothing analysed, yet the study gets an SR naming each image's reason (from their headers).
+    study = tmp_path / "out" / cases["rgb"].study_instance_uid
+    doc = json.loads((study / "result.json").read_text())
+    assert doc["outputs"]["sr"]["files"] == ["sr.dcm"] and doc["origin"] == "cli" and doc["job_id"] is None
+    assert doc["summary"].startswith("0 of 2 images analysed; not analysed: ")
+    texts = [str(item.TextValue) for item in _walk(pydicom.dcmread(study / "sr.dcm")) if item.get("ValueType") == "TEXT"]
+    for name in ("no_pixel_data", "rgb"):
+        assert any(cases[name].reason_contains in text for text in texts), name
 
 
 def test_reporting_threshold_comes_from_the_manifest_unless_set() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr_service.jobs import Job, JobKind, JobState, RedisJobStore, SqliteJobStore
+from cxr_service.jobs import Job, JobKind, JobState, RedisJobStore, ResultOrigin, SqliteJobStore
 from tests.service.procs import start_redis
 
 
@@ -73,6 +73,23 @@ def test_retrying_jobs_are_claimable_and_results_count_analyses(store) -> None:
     assert store.put_result(document=document, job_id=job.id).analyses == 2
     assert store.get_result("1.2.3").document == document
     assert store.get_result("9.9") is None
+    with pytest.raises(ValueError, match="job_id"):
+        store.put_result(document=document, job_id=None)
+
+
+def test_an_upload_result_never_replaces_a_job_result(store) -> None:
+    """Each origin has its own slot: the job's is served first, the upload's only without one."""
+    upload = {"study_instance_uid": "1.2.3", "model_version": "v", "images": [], "origin": "upload"}
+    kept = store.put_result(document=upload, job_id=None, origin=ResultOrigin.UPLOAD)
+    assert kept.origin == ResultOrigin.UPLOAD and kept.job_id is None
+    assert store.get_result("1.2.3").document == upload, "without a job result the upload's is served"
+    job = {"study_instance_uid": "1.2.3", "model_version": "v", "images": [], "origin": "job"}
+    store.put_result(document=job, job_id="job-1")
+    store.put_result(document=upload, job_id=None, origin=ResultOrigin.UPLOAD)
+    served = store.get_result("1.2.3")
+    assert served.document == job and served.job_id == "job-1" and served.analyses == 1
+    assert store.get_result("1.2.3", origin=ResultOrigin.UPLOAD).analyses == 2
+    assert store.get_result("1.2.3", origin=ResultOrigin.JOB).origin == ResultOrigin.JOB
 
 
 def test_latency_histograms(store) -> None:

@@ -1,7 +1,10 @@
 """``POST /v1/analyze``: analyse uploaded DICOM files now and answer with result.json.
 
-For ad-hoc use without a PACS. The files must belong to one study; the outputs are not stored
-anywhere (the result is kept for ``GET /v1/studies/{uid}/result``).
+For ad-hoc use without a PACS. The files must belong to one study; they take the path every
+door takes (:func:`cxr_service.pipeline.run_study`) with their outputs stored nowhere. The
+result is kept as the study's *upload* result: ``GET /v1/studies/{uid}/result`` serves it only
+while no job has analysed the study, and it never replaces a job's result (whose outputs are in
+the PACS), nor makes a later job skip the study.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from starlette.concurrency import run_in_threadpool
 
 from cxr_service.api.deps import Authorized, EngineDep, QueueDep
 from cxr_service.api.problems import Problem
-from cxr_service.ingest import NO_STUDY_KEY, IngestResult, group_by_study, ingest_bytes
-from cxr_service.outputs import build_outputs, result_document
+from cxr_service.ingest import Rejected
+from cxr_service.pipeline import InstanceSource, Nowhere, Requester, StudyInstance, StudyRequest, ingest_instance, run_study, unattributed_entry
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["analyze"], dependencies=[Authorized])
@@ -41,27 +44,28 @@ async def analyze_upload(
         raise Problem(422, "files: at least one DICOM file is required")
     if len(files) > MAX_FILES:
         raise Problem(422, f"files: at most {MAX_FILES} files per request, got {len(files)}")
-    items: list[IngestResult] = []
+    instances: list[StudyInstance] = []
     for index, upload in enumerate(files):
-        data = await upload.read()
-        source = f"files[{index}]"
-        items.append(await run_in_threadpool(ingest_bytes, data, source=source, limits=engine.limits))
-    groups = group_by_study(items)
-    unattributed = groups.pop(NO_STUDY_KEY, [])
-    if not groups:
-        reasons = [{"file": r.source, "reason": r.reason} for r in unattributed]
-        raise Problem(422, "no file could be attributed to a study: " + "; ".join(f"{r['file']}: {r['reason']}" for r in reasons), files=reasons)
-    if len(groups) > 1:
-        raise Problem(422, f"files: the upload holds {len(groups)} studies; send one study per request")
-    (study_uid, study_items), = groups.items()
-
-    def run() -> dict[str, Any]:
-        study = engine.analyze(study_items, study_instance_uid=study_uid)
-        datasets, writers_ms = build_outputs(study)
-        return result_document(study, datasets, writers_ms=writers_ms)
-
-    document = await run_in_threadpool(run)
-    document["not_attributed"] = [{"file": r.source, "reason": r.reason} for r in unattributed]
-    document["delivered_to"] = None  # the outputs of an upload are not stored anywhere
-    await run_in_threadpool(queue.store.put_result, document=document, job_id="upload")
-    return document
+        source = InstanceSource(label=f"files[{index}]", data=await upload.read())
+        instances.append(await run_in_threadpool(ingest_instance, source, limits=engine.limits))
+    studies: dict[str, list[StudyInstance]] = {}
+    orphans: list[Rejected] = []
+    for instance in instances:
+        uid = instance.item.study_instance_uid
+        if uid:
+            studies.setdefault(uid, []).append(instance)
+        else:
+            assert isinstance(instance.item, Rejected)  # an ingested image always has its study
+            orphans.append(instance.item)
+    if not studies:
+        entries = [unattributed_entry(r) for r in orphans]
+        detail = "; ".join(f"{e['source']}: {e['reason']}" for e in entries)
+        raise Problem(422, f"no file could be attributed to a study: {detail}", files=entries)
+    if len(studies) > 1:
+        raise Problem(422, f"files: the upload holds {len(studies)} studies; send one study per request")
+    ((study_uid, study_instances),) = studies.items()
+    request = StudyRequest(study_instance_uid=study_uid, requester=Requester.UPLOAD, destination=Nowhere())
+    run = await run_in_threadpool(
+        run_study, request, study_instances, engine=engine, store=queue.store, not_attributed=orphans
+    )
+    return dict(run.document)
