@@ -20,7 +20,7 @@ from cxr_models.weights import MANIFEST_NAME, default_weights_dir, load_manifest
 from cxr_service.analysis import REPORT_MIN_SCORE, algorithm_info, analyze_study, report_min_score
 from cxr_service.ingest import ingest_file
 from cxr_service.settings import Settings
-from tests.corpus import MALFORMED_CASES, REFERENCE_CASE, build_corpus
+from tests.corpus import HOSTILE_HEADER_CASES, MALFORMED_CASES, REFERENCE_CASE, build_corpus
 
 CXR = [sys.executable, "-m", "cxr_service.cli", "analyze"]
 
@@ -170,8 +170,9 @@ def test_each_malformed_file_gets_its_reason_and_the_study_is_still_analysed(tmp
     cases = {case.name: case for case in build_corpus(tmp_path / "corpus", seed=3)}
     folder = tmp_path / "study"
     folder.mkdir()
+    hostile = [n for n in HOSTILE_HEADER_CASES if cases[n].study_instance_uid == cases[REFERENCE_CASE].study_instance_uid]
     chosen = [REFERENCE_CASE, *[n for n in MALFORMED_CASES if n in cases]]
-    for name in chosen:
+    for name in [*chosen, *hostile]:
         shutil.copy(cases[name].path, folder / f"{name}.dcm")
     out = tmp_path / "out"
     proc = run_analyze([folder], out)
@@ -187,6 +188,15 @@ def test_each_malformed_file_gets_its_reason_and_the_study_is_still_analysed(tmp
     for name in chosen[1:]:
         fragment = cases[name].reason_contains
         assert any(fragment in reason for reason in reasons), f"{name}: no reason containing {fragment!r} in {reasons}"
+    # Hostile headers are analysed and repaired or left out of the outputs: all pass dciodvfy.
+    for name in hostile:
+        assert by_uid[pydicom.dcmread(cases[name].path, stop_before_pixels=True).SOPInstanceUID]["analysed"], name
+    assert doc["not_written"] == []
+    if shutil.which("dciodvfy") is None:
+        pytest.fail("dciodvfy (Debian dicom3tools) is required: make system-deps")
+    for path in sorted((out / study_uid).rglob("*.dcm")):
+        check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        assert not [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")], path.name
 
 
 def test_exit_status_is_nonzero_only_when_nothing_could_be_analysed(tmp_path: Path) -> None:

@@ -141,3 +141,47 @@ def test_an_uploaded_study_is_still_stored_to_the_pacs_when_submitted(orthanc: O
         assert orthanc.output_series(uid)["SR"] == 1
     finally:
         service.stop()
+
+
+def test_resent_pixels_are_analysed_again_and_an_upload_never_replaces_the_job_result(
+    orthanc: Orthanc, phantom_studies, tmp_path: Path
+) -> None:
+    """Orthanc overwrites an instance re-sent under its SOP Instance UID: the next job sees other
+    bytes and analyses the study again. An upload of the study afterwards is answered, but the
+    study's result stays the job's (whose outputs are in the PACS)."""
+    import io
+
+    import numpy as np
+    import pydicom
+
+    uid, paths = list(phantom_studies.items())[3]
+    service = start_service(tmp_path / "svc", **source_settings(orthanc))
+    try:
+        with service.client() as c:
+            first = service.wait_job(c.post("/v1/studies", json={"study_instance_uid": uid, "force": True}).json()["job"]["id"])
+            assert first["state"] == "done", first
+            before = c.get(f"/v1/studies/{uid}/result").json()["source_digests"]
+            same = service.wait_job(c.post("/v1/studies", json={"study_instance_uid": uid}).json()["job"]["id"])
+            assert "already analysed" in same["note"], same
+
+            ds = pydicom.dcmread(paths[0])
+            ds.PixelData = np.ascontiguousarray(ds.pixel_array[::-1]).astype(ds.pixel_array.dtype).tobytes()
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            with orthanc.client() as o:
+                o.post("/instances", content=buffer.getvalue()).raise_for_status()
+            again = service.wait_job(c.post("/v1/studies", json={"study_instance_uid": uid}).json()["job"]["id"])
+            assert again["state"] == "done" and "already analysed" not in (again["note"] or ""), again
+            result = c.get(f"/v1/studies/{uid}/result").json()
+            assert result["job_id"] == again["id"]
+            changed = [k for k in before if result["source_digests"][k] != before[k]]
+            assert changed == [str(ds.SOPInstanceUID)]
+
+            files = [("files", (p.name, p.read_bytes(), "application/dicom")) for p in paths]
+            upload = c.post("/v1/analyze", files=files)
+            assert upload.status_code == 200 and upload.json()["origin"] == "upload" and upload.json()["job_id"] is None
+            kept = c.get(f"/v1/studies/{uid}/result").json()
+            assert kept["job_id"] == again["id"] and kept["delivered_to"] == f"dicomweb:{orthanc.dicomweb}"
+        assert orthanc.output_series(uid)["SR"] == 1
+    finally:
+        service.stop()
