@@ -21,12 +21,16 @@ PROTECTED = [
     ("GET", "/v1/studies/1.2.3/result"),
     ("POST", "/v1/analyze"),
     ("GET", "/metrics"),
+    ("GET", "/openapi.json"),  # open only with CXR_DOCS_PUBLIC=true or in development
 ]
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Service:
-    svc = start_service(tmp_path_factory.mktemp("api"), max_upload_bytes=16_000_000, max_pixels=2_000_000)
+    svc = start_service(
+        tmp_path_factory.mktemp("api"), max_upload_bytes=16_000_000, max_pixels=2_000_000,
+        max_concurrent_uploads=1, max_waiting_uploads=1,
+    )  # fmt: skip
     yield svc
     svc.stop()
 
@@ -48,6 +52,37 @@ def test_every_protected_route_answers_401_problem_json(service: Service, token:
         assert c.get("/healthz").status_code == 200
         ready = c.get("/readyz")
         assert ready.status_code == 200 and ready.json()["model_version"] == "0.1.0-demo"
+    # The browser UIs are not served outside development without CXR_DOCS_PUBLIC.
+    for token in (None, TOKEN):
+        with service.client(token=token) as c:
+            assert c.get("/docs").status_code == 404 and c.get("/redoc").status_code == 404
+    with service.client() as c:
+        assert c.get("/openapi.json").json()["info"]["title"] == "cxr"
+
+
+def test_simultaneous_uploads_beyond_the_limits_get_503_with_retry_after(service: Service, phantom_studies) -> None:
+    """One upload runs and one waits (the fixture's limits); the rest are refused at once,
+    before their bodies are read, and the service stays ready."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = next(p for p in phantom_studies.values() if len(p) >= 2)
+    files = files_of(paths)
+
+    def upload(_: int) -> httpx.Response:
+        with service.client() as c:
+            return c.post("/v1/analyze", files=files)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(upload, range(6)))
+    codes = sorted(r.status_code for r in answers)
+    assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1, codes
+    for refused in (r for r in answers if r.status_code == 503):
+        assert refused.headers["retry-after"].isdigit()
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert "CXR_MAX_CONCURRENT_UPLOADS" in refused.json()["detail"]
+    with service.client() as c:
+        assert c.get("/readyz").status_code == 200
+        assert c.post("/v1/analyze", files=files).status_code == 200
 
 
 def test_upload_is_analysed_and_its_result_kept(service: Service, phantom_studies) -> None:
@@ -80,6 +115,8 @@ def test_upload_errors_are_specific_problems(service: Service, phantom_studies, 
         assert big.status_code == 413 and "CXR_MAX_UPLOAD_BYTES" in big.json()["detail"]
         bad_uid = c.post("/v1/studies", json={"study_instance_uid": "../../etc/passwd"})
         assert bad_uid.status_code == 422 and bad_uid.json()["errors"][0]["loc"][-1] == "study_instance_uid"
+        zero = c.post("/v1/studies", json={"study_instance_uid": "1.2.03.4"})
+        assert zero.status_code == 422 and "study_instance_uid: not a valid DICOM UID: component 3 has a leading zero" in zero.json()["detail"]
         unknown = c.get("/v1/jobs/0123abcd")
         assert unknown.status_code == 404 and unknown.json()["detail"] == "no job 0123abcd"
         # The service keeps serving after every refusal.
