@@ -536,7 +536,9 @@ def test_algorithm_is_identified_as_contributing_equipment(written, result):
         ds = pydicom.dcmread(path)
         assert ds.Manufacturer == result.algorithm.manufacturer and ds.SeriesNumber and ds.InstanceNumber
         ours = [i for i in ds.ContributingEquipmentSequence if i.Manufacturer == result.algorithm.manufacturer]
-        assert {i.DeviceUID for i in ours} >= set(result.algorithm.model_uids.values())
+        assert {i.DeviceSerialNumber for i in ours} >= set(result.algorithm.model_uids.values())
+        algorithm_items = [i for i in ours if "DeviceUID" in i]
+        assert len(algorithm_items) == 1 and algorithm_items[0].ManufacturerModelName == result.algorithm.name
         for item in ours:
             assert code_of(item, "PurposeOfReferenceCodeSequence") == ("109102", "DCM")
             assert item.SoftwareVersions == MODEL_VERSION and item.ManufacturerModelName.startswith("cxr")

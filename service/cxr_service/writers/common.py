@@ -177,24 +177,31 @@ def model_parameters(algorithm: AlgorithmInfo) -> dict[str, str]:
 def contributing_equipment(
     algorithm: AlgorithmInfo, *, created: datetime.datetime
 ) -> list[hd.ContributingEquipment]:
-    """IHE AIR contributing equipment: one item for the algorithm, one per model it ran."""
-    items = []
+    """IHE AIR contributing equipment: one item for the algorithm, one per model it ran.
+
+    The algorithm item carries the algorithm's Device UID; each model item names its model UID
+    as Device Serial Number. (Device UID in this sequence is current DICOM, but the dicom3tools
+    release Debian ships predates it and warns once per item; one item keeps it.)
+    """
     algorithm_uid = device_uid(algorithm_name=algorithm.name, model_version=algorithm.version)
-    entries = [(algorithm.name, algorithm_uid, "AI algorithm")]
+    entries = [(algorithm.name, algorithm_uid, "AI algorithm", True)]
     entries += [
-        (f"{algorithm.name} {stage}", uid, f"AI model of stage {stage}")
+        (f"{algorithm.name} {stage}", uid, f"AI model of stage {stage}", False)
         for stage, uid in model_parameters(algorithm).items()
     ]
-    for model_name, uid, description in entries:
+    items = []
+    for model_name, uid, description, is_algorithm in entries:
         item = hd.ContributingEquipment(
             manufacturer=algorithm.manufacturer,
             purpose_of_reference=codes.PROCESSING_EQUIPMENT,
             manufacturer_model_name=model_name,
             software_versions=algorithm.version,
+            device_serial_number=uid,
             contribution_datetime=created,
             contribution_description=description + (DEMO_SUFFIX if algorithm.demo_weights else ""),
         )
-        item.DeviceUID = uid
+        if is_algorithm:
+            item.DeviceUID = uid
         items.append(item)
     return items
 
