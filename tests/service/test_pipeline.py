@@ -45,7 +45,7 @@ from cxr_service.results import ImageResult, Opacity, StudyResult
 from cxr_service.settings import Settings
 from cxr_service.worker import JobRunner
 from cxr_service.writers import write_all
-from tests.corpus import HOSTILE_HEADER_CASES, MALFORMED_CASES, REFERENCE_CASE, CorpusCase, build_corpus
+from tests.corpus import MALFORMED_CASES, REFERENCE_CASE, CorpusCase, build_corpus
 
 SEED = 7
 NOT_ANALYSED = ("CXR009", "99CXR")
