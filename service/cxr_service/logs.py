@@ -42,7 +42,10 @@ REDACTED = "<redacted>"
 # A quoted value: '…' or "…" on one line. The content is redacted unless it is a UID.
 # An opening quote follows no letter or digit (so the apostrophe of "Patient's" opens nothing)
 # and a closing one precedes none (so "O'Brien" stays inside its quotes).
-_QUOTED = re.compile(r"""(?<!\w)(?P<q>['"])(?P<value>[^\n]{0,512}?)(?P=q)(?!\w)""")
+_QUOTED = re.compile(r"""(?<!\w)(?P<q>['"])(?P<value>(?:(?!(?P=q))[^\n]){0,512})(?P=q)(?!\w)""")
+# A JSON object key ("name": after "{" or ","), as in our own training and metrics logs, is a
+# field name, not a value, and is kept.
+_JSON_KEY = re.compile(r"""[A-Za-z_][A-Za-z0-9_]{0,63}""")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 # A DICOM person name: a run of non-separators holding at least one caret.
 _PERSON_NAME = re.compile(r"""[^\s'"(){}\[\],;:=]*\^[^\s'"(){}\[\],;:=]*""")
@@ -90,9 +93,18 @@ def redact(text: str) -> str:
     return _DICOM_DATE.sub(REDACTED, text)
 
 
+def _is_json_key(match: re.Match[str]) -> bool:
+    text, start, end = match.string, match.start(), match.end()
+    before = text[:start].rstrip(" ")
+    return (
+        match["q"] == '"' and before.endswith(("{", ",")) and text[end : end + 1] == ":"
+        and _JSON_KEY.fullmatch(match["value"]) is not None
+    )
+
+
 def _redact_quoted(match: re.Match[str]) -> str:
     value = match["value"]
-    if not value or value == REDACTED or _UID.match(value):
+    if not value or value == REDACTED or _UID.match(value) or _is_json_key(match):
         return match[0]
     return f"{match['q']}{REDACTED}{match['q']}"
 

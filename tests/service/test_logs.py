@@ -135,3 +135,12 @@ def test_the_entry_point_redacts_warnings_access_log_and_thread_errors() -> None
     assert '"GET /healthz HTTP/1.1" 200' in log
     assert "uncaught exception in thread t1" in log and "ValueError: cannot parse PatientName" in log
     assert "kept: study 1.2.3.4" in log
+
+
+def test_json_keys_of_our_own_records_stay_readable_while_their_string_values_are_redacted() -> None:
+    from cxr_service.logs import redact
+
+    assert redact('epoch 1/6: {"epoch": 1, "val_dice": 0.91}') == 'epoch 1/6: {"epoch": 1, "val_dice": 0.91}'
+    assert redact('{"PatientName": "DOE", "metric": "dice"}') == '{"PatientName": "<redacted>", "metric": "<redacted>"}'
+    # a quoted value followed by a colon in prose is still a value
+    assert "JOHNDOE" not in redact("UserWarning: value 'JOHNDOE': not a valid PN")
