@@ -20,6 +20,7 @@ The stages, one function each:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -79,6 +80,21 @@ class InstanceSource:
         if not self.label:
             raise ValueError(f"label must not be empty, got {self.label!r}")
 
+    @functools.cached_property
+    def sha256(self) -> str | None:
+        """SHA-256 of the instance's bytes (a parsed dataset: as pydicom writes it), computed once;
+        the worker compares it with the last analysis before anything is decoded."""
+        if self.path is not None:
+            digest = hashlib.sha256()
+            with self.path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            return digest.hexdigest()
+        if self.data is not None:
+            return hashlib.sha256(self.data).hexdigest()
+        assert self.dataset is not None
+        return _dataset_sha256(self.dataset, label=self.label)
+
 
 @dataclass(frozen=True, eq=False)
 class StudyInstance:
@@ -99,12 +115,12 @@ def ingest_instance(source: InstanceSource, *, limits: IngestLimits) -> StudyIns
         data = source.path.read_bytes()
         return _from_bytes(data, label=source.label, limits=limits)
     if source.data is not None:
-        return _from_bytes(source.data, label=source.label, limits=limits)
+        return _from_bytes(source.data, label=source.label, limits=limits, sha256=source.sha256)
     assert source.dataset is not None
     ds = source.dataset
     item = ingest_dataset(ds, source=source.label, limits=limits)
     header = _header_only(ds) if isinstance(item, Rejected) and item.sop_instance_uid else None
-    return StudyInstance(item=item, header=header, sha256=_dataset_sha256(ds, label=source.label))
+    return StudyInstance(item=item, header=header, sha256=source.sha256)
 
 
 def fetch_failed(rejected: Rejected) -> StudyInstance:
@@ -112,10 +128,10 @@ def fetch_failed(rejected: Rejected) -> StudyInstance:
     return StudyInstance(item=rejected)
 
 
-def _from_bytes(data: bytes, *, label: str, limits: IngestLimits) -> StudyInstance:
+def _from_bytes(data: bytes, *, label: str, limits: IngestLimits, sha256: str | None = None) -> StudyInstance:
     item = ingest_bytes(data, source=label, limits=limits)
     header = _readable_header(data, label=label) if isinstance(item, Rejected) and item.sop_instance_uid else None
-    return StudyInstance(item=item, header=header, sha256=hashlib.sha256(data).hexdigest())
+    return StudyInstance(item=item, header=header, sha256=sha256 or hashlib.sha256(data).hexdigest())
 
 
 def _readable_header(data: bytes, *, label: str) -> pydicom.Dataset | None:
@@ -263,13 +279,16 @@ def run_study(
     store: JobStore | None = None,
     not_attributed: Sequence[Rejected] = (),
     timings_ms: Mapping[str, float] | None = None,
+    digests: Mapping[str, str] | None = None,
 ) -> StudyRun:
     """Analyse one study's instances, write and deliver its outputs, and keep its result.
 
     ``not_attributed`` are instances of the same request that belong to no study (an upload's
     unreadable files); they are listed in the document. ``timings_ms`` adds the door's own stages
-    (e.g. fetch). A job's or an upload's result is kept in ``store``; a CLI run's is not.
-    Failures of the destination (a JobFailure) propagate: nothing is kept then.
+    (e.g. fetch). ``digests`` is the document's ``source_digests`` as the door computed them
+    before ingest (the worker's skip rule compares them), by default :func:`source_digests`. A
+    job's or an upload's result is kept in ``store``; a CLI run's is not. Failures of the
+    destination (a JobFailure) propagate: nothing is kept then.
     """
     uid = request.study_instance_uid
     study = _analyse(request, instances, engine=engine)
@@ -287,7 +306,7 @@ def run_study(
         delivered_to=request.destination.label,
         summary=summary,
         not_attributed=unattributed,
-        source_digests=source_digests(instances),
+        source_digests=dict(digests) if digests is not None else source_digests(instances),
     )
     document["timings_ms"].update({k: round(float(v), 1) for k, v in {**(timings_ms or {}), "deliver": deliver_ms}.items()})
     request.destination.keep_result(document)

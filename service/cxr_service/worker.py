@@ -7,8 +7,9 @@ the same runner in an embedded consumer. Each job:
    holds a lease renewed by a heartbeat, so a killed worker's job is requeued (``JobQueue.reap``);
 2. gathers its instances (DICOMweb QIDO + WADO, or the SCP's spool folder);
 3. is skipped when the study was already analysed from the same instances, byte for byte
-   (SHA-256 of each), with the same model version and for the same destination, unless forced:
-   an instance re-sent under its SOP Instance UID with other pixels is analysed again;
+   (SHA-256 of each, compared before anything is decoded), with the same model version and for
+   the same destination, unless forced: an instance re-sent under its SOP Instance UID with
+   other pixels is analysed again;
 4. otherwise runs :func:`cxr_service.pipeline.run_study` (the path every door takes): analysis,
    outputs sent by STOW-RS or C-STORE to the destination AE, result.json kept as the job's;
 5. on a transient failure (PACS down...) is retried with exponential backoff, up to
@@ -47,7 +48,6 @@ from cxr_service.pipeline import (
     fetch_failed,
     ingest_instance,
     run_study,
-    source_digests,
 )
 from cxr_service.settings import Settings, load_settings
 
@@ -173,24 +173,26 @@ class JobRunner:
         version = engine.model_version
         start = time.perf_counter()
         listed = self._list(job)
-        instances = self._retrieve(job, listed, engine.limits)
+        fetched = self._fetch(job, listed)
         fetch_ms = (time.perf_counter() - start) * 1000.0
         destination = self._destination(job)
         previous = self.store.get_result(job.study_instance_uid, origin=ResultOrigin.JOB)
+        digests = {key: item.sha256 for key, item in fetched.items() if isinstance(item, InstanceSource) and item.sha256}
         if (
             not job.force
             and previous is not None
             and previous.model_version == version
             and previous.document.get("delivered_to") == destination.label
-            and previous.document.get("source_digests") == source_digests(instances)
+            and previous.document.get("source_digests") == digests
         ):
             note = f"already analysed from the same instances with model version {version} (job {previous.job_id}); not redone"
             self._cleanup(job)
             return note, {"fetch": fetch_ms}, version
+        instances = self._ingest(job, fetched, engine.limits)
         request = StudyRequest(
             study_instance_uid=job.study_instance_uid, requester=Requester.JOB, destination=destination, job_id=job.id
         )
-        run = run_study(request, instances, engine=engine, store=self.store, timings_ms={"fetch": fetch_ms})
+        run = run_study(request, instances, engine=engine, store=self.store, timings_ms={"fetch": fetch_ms}, digests=digests)
         self._cleanup(job)
         return run.summary, {k: float(v) for k, v in run.document["timings_ms"].items()}, version
 
@@ -211,13 +213,12 @@ class JobRunner:
             return {path.stem: path for path in iter_dicom_paths([folder])}
         raise PermanentFailure(f"unknown job kind {job.kind!r}")
 
-    def _retrieve(self, job: Job, listed: dict[str, InstanceRef | Path], limits: IngestLimits) -> list[StudyInstance]:
-        instances: list[StudyInstance] = []
+    def _fetch(self, job: Job, listed: dict[str, InstanceRef | Path]) -> dict[str, InstanceSource | StudyInstance]:
+        """Listed key → the instance's content, or (it could not be fetched) its rejection."""
+        fetched: dict[str, InstanceSource | StudyInstance] = {}
         for sop_uid, where in listed.items():
             if isinstance(where, Path):
-                instance = ingest_instance(InstanceSource(label=where.name, path=where), limits=limits)
-                if instance.item.study_instance_uid in (None, job.study_instance_uid):
-                    instances.append(instance)
+                fetched[sop_uid] = InstanceSource(label=where.name, path=where)
                 continue
             assert self.source is not None
             try:
@@ -226,19 +227,32 @@ class JobRunner:
                 raise
             except Exception as exc:  # noqa: BLE001 - an unreadable instance is reported, the others analysed
                 logger.warning("job %s: instance %s unreadable: %s", job.id, sop_uid, type(exc).__name__)
-                instances.append(
-                    fetch_failed(
-                        Rejected(
-                            sop_instance_uid=sop_uid,
-                            study_instance_uid=where.study_instance_uid,
-                            series_instance_uid=where.series_instance_uid,
-                            source=sop_uid,
-                            reason=f"could not be retrieved or parsed ({type(exc).__name__})",
-                        )
+                fetched[sop_uid] = fetch_failed(
+                    Rejected(
+                        sop_instance_uid=sop_uid,
+                        study_instance_uid=where.study_instance_uid,
+                        series_instance_uid=where.series_instance_uid,
+                        source=sop_uid,
+                        reason=f"could not be retrieved or parsed ({type(exc).__name__})",
                     )
                 )
                 continue
-            instances.append(ingest_instance(InstanceSource(label=sop_uid, dataset=ds), limits=limits))
+            fetched[sop_uid] = InstanceSource(label=sop_uid, dataset=ds)
+        return fetched
+
+    def _ingest(
+        self, job: Job, fetched: dict[str, InstanceSource | StudyInstance], limits: IngestLimits
+    ) -> list[StudyInstance]:
+        instances: list[StudyInstance] = []
+        for item in fetched.values():
+            if not isinstance(item, InstanceSource):
+                instances.append(item)
+                continue
+            instance = ingest_instance(item, limits=limits)
+            # A spool folder holds one study; a file of another study in it is no instance of this job.
+            if item.path is not None and instance.item.study_instance_uid not in (None, job.study_instance_uid):
+                continue
+            instances.append(instance)
         return instances
 
     def _destination(self, job: Job) -> Pacs | Nowhere:

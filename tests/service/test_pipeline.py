@@ -298,12 +298,18 @@ def test_permanent_errors_are_never_retried(worker, corpus, error, state, attemp
     assert fragment in job.error
 
 
-def test_a_resent_instance_with_other_pixels_is_analysed_again(worker, corpus) -> None:
+def test_a_resent_instance_with_other_pixels_is_analysed_again(worker, corpus, monkeypatch) -> None:
+    import cxr_service.worker as worker_module
+
     runner, pacs = worker
     uid = corpus[REFERENCE_CASE].study_instance_uid
     first = run_job(runner, uid)
+    decoded: list[str] = []
+    real = worker_module.ingest_instance
+    monkeypatch.setattr(worker_module, "ingest_instance", lambda source, **kw: decoded.append(source.label) or real(source, **kw))
     again = run_job(runner, uid)
     assert again.state == JobState.DONE and "already analysed" in again.note
+    assert decoded == [], "the skip rule decides from the digests, before anything is decoded"
     assert runner.store.get_result(uid).analyses == 1
 
     # The PACS now holds other pixels under the same SOP Instance UID (Orthanc overwrites).
