@@ -394,6 +394,30 @@ def _evidence(result: StudyResult, headers: Mapping[str, pydicom.Dataset]) -> li
     return evidence
 
 
+def _stand_in_root() -> hd.sr.ContainerContentItem:
+    """The document's root container without its content: what highdicom's constructor copies,
+    parses and searches. The real tree replaces it afterwards (:func:`write_sr`)."""
+    root = hd.sr.ContainerContentItem(name=codes.IMAGING_MEASUREMENT_REPORT, template_id="1500")
+    root.ContentSequence = hd.sr.ContentSequence([])
+    return root
+
+
+def _check_evidence(root: pydicom.Dataset, evidence: list[pydicom.Dataset]) -> None:
+    """ValueError when the tree references an instance the evidence lacks (highdicom's check,
+    on the raw tree)."""
+    referenced: set[str] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for item in node.get("ContentSequence", ()):
+            if item.get("ValueType") in ("IMAGE", "COMPOSITE") and "ReferencedSOPSequence" in item:
+                referenced.add(str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+            stack.append(item)
+    missing = referenced - {str(ds.SOPInstanceUID) for ds in evidence}
+    if missing:
+        raise ValueError(f"no evidence for the referenced SOP instances {sorted(missing)}")
+
+
 def write_sr(
     result: StudyResult,
     sources: Mapping[str, pydicom.Dataset],
@@ -418,9 +442,13 @@ def write_sr(
         raise ValueError(f"sources hold no header of study {result.study_instance_uid} (patient data needed)")
     created = creation_datetime(sources) if created is None else created
     algorithm = result.algorithm
+    evidence = _evidence(result, headers)
+    content = _report_content(result, headers)
+    root = content[0]
+    _check_evidence(root, evidence)
     sr = hd.sr.Comprehensive3DSR(
-        evidence=_evidence(result, headers),
-        content=_report_content(result, headers),
+        evidence=evidence,
+        content=_stand_in_root(),
         series_instance_uid=series_uid(
             study_uid=result.study_instance_uid, model_version=algorithm.version, kind=KIND_SR
         ),
@@ -443,6 +471,11 @@ def write_sr(
         series_date=created.date(),
         series_time=created.time(),
     )
+    # highdicom deep-copies and re-parses the content it is given (about two thirds of the
+    # writer's time); the tree built above is already typed, so it goes in as it is.
+    for element in root:
+        sr[element.tag] = element
+    sr._content = hd.sr.ContentSequence([root], is_root=True)
     finalize(sr, created=created)
     logger.info(
         "SR %s: %d analysed and %d skipped images of study %s",
