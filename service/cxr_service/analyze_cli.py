@@ -3,7 +3,10 @@
 Instances are grouped into studies by StudyInstanceUID and each study takes the path every door
 takes (:func:`cxr_service.pipeline.run_study`, destination a folder). Per-image problems are
 reported in each study's result; files that belong to no study are listed in
-``not_analysed.json``. The exit status is non-zero only when nothing at all could be analysed.
+``not_analysed.json``. A StudyInstanceUID whose files belong to two patients is not analysed
+(an output never mixes patients, :mod:`cxr_service.patients`): its files are listed in
+``not_analysed.json`` with the reason. The exit status is non-zero only when nothing at all could
+be analysed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from cxr_service.analysis import REPORT_MIN_SCORE
 from cxr_service.engine import AnalysisEngine
 from cxr_service.ingest import IngestLimits, iter_dicom_paths
 from cxr_service.outputs import safe_uid_component, summarize
+from cxr_service.patients import MixedPatients
 from cxr_service.pipeline import Folder, InstanceSource, Requester, StudyInstance, StudyRequest, ingest_instance, run_study, unattributed_entry
 
 logger = logging.getLogger(__name__)
@@ -72,7 +76,16 @@ def main(args: argparse.Namespace) -> None:
     for study_uid, study_instances in studies.items():
         request = StudyRequest(study_instance_uid=study_uid, requester=Requester.CLI, destination=destination)
         share = {"ingest": ingest_ms * len(study_instances) / n_images}
-        run = run_study(request, study_instances, engine=engine, timings_ms=share)
+        try:
+            run = run_study(request, study_instances, engine=engine, timings_ms=share)
+        except MixedPatients as exc:
+            logger.error("%s", exc)
+            print(f"{study_uid}: not analysed: {exc}")
+            unattributed += [
+                {"source": getattr(i.item, "source", None) or i.item.sop_instance_uid, "sop_instance_uid": i.item.sop_instance_uid, "reason": str(exc)}
+                for i in study_instances
+            ]
+            continue
         analysed_total += run.analysed
         print(f"{summarize(run.document)}\n  -> {args.out / safe_uid_component(study_uid)}")
     if unattributed:

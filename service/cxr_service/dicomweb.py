@@ -87,11 +87,14 @@ class DicomWebPacs:
         # a blocking loop inside one attempt.
         self.client.set_http_retry_params(retry=False)
 
-    def find_instances(self, study_instance_uid: str) -> list[InstanceRef]:
+    def find_instances(self, study_instance_uid: str, *, patient_id: str | None = None) -> list[InstanceRef]:
         """The study's CR and DX instances (QIDO-RS); our own outputs (SR, PR, SEG, OT) are other
-        modalities and never returned. Raises PermanentFailure when the study is unknown."""
+        modalities and never returned. With ``patient_id``, only that patient's (a PACS may hold
+        the same StudyInstanceUID under two Patient IDs; the worker checks each retrieved
+        instance's Patient ID again). Raises PermanentFailure when the study is unknown."""
+        filters = {"PatientID": patient_id} if patient_id is not None else None
         with _http_errors("QIDO-RS series", self.url):
-            series = self.client.search_for_series(study_instance_uid=study_instance_uid)
+            series = self.client.search_for_series(study_instance_uid=study_instance_uid, search_filters=filters)
         if not series:
             raise PermanentFailure(f"study {study_instance_uid} not found at {self.url}")
         refs: list[InstanceRef] = []
@@ -101,7 +104,7 @@ class DicomWebPacs:
                 continue
             with _http_errors("QIDO-RS instances", self.url):
                 instances = self.client.search_for_instances(
-                    study_instance_uid=study_instance_uid, series_instance_uid=series_uid
+                    study_instance_uid=study_instance_uid, series_instance_uid=series_uid, search_filters=filters
                 )
             refs += [
                 InstanceRef(study_instance_uid, series_uid, sop)

@@ -132,12 +132,15 @@ class JobQueue:
         priority: int = PRIORITIES["routine"],
         force: bool = False,
         spool: str | None = None,
+        patient_id: str | None = None,
     ) -> tuple[Job, bool]:
-        """A job for the study: the study's active (queued, running or retrying) job when it has
-        one, so duplicate notifications become one job; else a new queued job.
-        Returns ``(job, created)``."""
+        """A job for the study (of ``patient_id``, when given): the study's active (queued,
+        running or retrying) job when it has one, so duplicate notifications become one job;
+        else a new queued job. Returns ``(job, created)``."""
         job, created = self.store.insert_unless_active(
-            Job.new(study_instance_uid=study_instance_uid, kind=kind, priority=priority, force=force, spool=spool)
+            Job.new(
+                study_instance_uid=study_instance_uid, kind=kind, priority=priority, force=force, spool=spool, patient_id=patient_id
+            )
         )
         if not created:
             return job, False

@@ -10,6 +10,10 @@ Two implementations with the same semantics:
 - :class:`SqliteJobStore` for the embedded mode (one machine; WAL, safe across processes);
 - :class:`RedisJobStore` for the distributed mode (workers on other machines).
 
+A study is one patient's (:mod:`cxr_service.patients`): jobs name the patient when the submitter
+does, and both the one-active-job rule and the results are kept per (StudyInstanceUID, Patient
+ID), under :func:`~cxr_service.patients.study_key`.
+
 Every state change is a compare-and-set (:meth:`JobStore.claim` and friends), so two workers
 that receive the same job id (a duplicate notification, a requeue after a lease expired) never
 both run it: at most one claims it, and a finished job is never claimed again.
@@ -30,6 +34,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from cxr_service.patients import study_key
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +60,16 @@ class JobKind(StrEnum):
     SPOOL = "spool"  # instances received by `cxr scp`, outputs C-STOREd to the destination AE
 
 
+class AmbiguousStudy(LookupError):
+    """Results of several patients are kept under the StudyInstanceUID asked for, and no Patient
+    ID says which one is meant."""
+
+    def __init__(self, study_instance_uid: str, patients: int) -> None:
+        super().__init__(f"study {study_instance_uid} has results for {patients} patients; give patient_id")
+        self.study_instance_uid = study_instance_uid
+        self.patients = patients
+
+
 class ResultOrigin(StrEnum):
     """Who produced a stored result; each origin has its own slot per study."""
 
@@ -67,7 +83,8 @@ _RESULT_SLOTS: Mapping[ResultOrigin, str] = {ResultOrigin.JOB: "results", Result
 
 @dataclass(frozen=True)
 class Job:
-    """One analysis request for one study."""
+    """One analysis request for one study: one patient's when ``patient_id`` is given (None:
+    the study's instances must all be one patient's)."""
 
     id: str
     study_instance_uid: str
@@ -87,10 +104,18 @@ class Job:
     model_version: str | None = None
     spool: str | None = None
     timings_ms: Mapping[str, float] = field(default_factory=dict)
+    patient_id: str | None = None
 
     @classmethod
     def new(
-        cls, *, study_instance_uid: str, kind: JobKind, priority: int = 0, force: bool = False, spool: str | None = None
+        cls,
+        *,
+        study_instance_uid: str,
+        kind: JobKind,
+        priority: int = 0,
+        force: bool = False,
+        spool: str | None = None,
+        patient_id: str | None = None,
     ) -> Job:
         if not study_instance_uid:
             raise ValueError(f"study_instance_uid must not be empty, got {study_instance_uid!r}")
@@ -105,7 +130,13 @@ class Job:
             created_at=now,
             updated_at=now,
             spool=spool,
+            patient_id=patient_id,
         )
+
+    @property
+    def key(self) -> str:
+        """What the one-active-job rule compares: the study and its patient."""
+        return study_key(self.study_instance_uid, self.patient_id)
 
     def to_json(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
@@ -183,14 +214,36 @@ class JobStore(ABC):
         """Keep ``document`` as the study's latest result of ``origin`` (a job's needs its id)."""
 
     @abstractmethod
-    def get_stored_result(self, study_instance_uid: str, origin: ResultOrigin) -> StoredResult | None: ...
+    def _result_keys(self, study_instance_uid: str, origin: ResultOrigin) -> list[str]:
+        """The keys of every patient's result of ``origin`` under the UID (:func:`study_key`
+        with a patient; the bare UID of a result of an earlier version is not among them)."""
 
-    def get_result(self, study_instance_uid: str, *, origin: ResultOrigin | None = None) -> StoredResult | None:
-        """The study's result of ``origin``; without one, the job's result, else the upload's."""
+    @abstractmethod
+    def _result_at(self, key: str, study_instance_uid: str, origin: ResultOrigin) -> StoredResult | None: ...
+
+    def get_stored_result(
+        self, study_instance_uid: str, origin: ResultOrigin, *, patient_id: str | None = None
+    ) -> StoredResult | None:
+        """The result of ``origin`` of the study of ``patient_id``. Without a patient: the one
+        patient's that has one (:class:`AmbiguousStudy` when several have), else a result kept
+        by an earlier version under the bare UID."""
+        origin = ResultOrigin(origin)
+        if patient_id is not None:
+            return self._result_at(study_key(study_instance_uid, patient_id), study_instance_uid, origin)
+        keys = self._result_keys(study_instance_uid, origin)
+        if len(keys) > 1:
+            raise AmbiguousStudy(study_instance_uid, len(keys))
+        return self._result_at(keys[0] if keys else study_instance_uid, study_instance_uid, origin)
+
+    def get_result(
+        self, study_instance_uid: str, *, origin: ResultOrigin | None = None, patient_id: str | None = None
+    ) -> StoredResult | None:
+        """The study's result of ``origin``; without one, the job's result, else the upload's.
+        ``patient_id`` as in :meth:`get_stored_result`."""
         if origin is not None:
-            return self.get_stored_result(study_instance_uid, ResultOrigin(origin))
-        return self.get_stored_result(study_instance_uid, ResultOrigin.JOB) or self.get_stored_result(
-            study_instance_uid, ResultOrigin.UPLOAD
+            return self.get_stored_result(study_instance_uid, ResultOrigin(origin), patient_id=patient_id)
+        return self.get_stored_result(study_instance_uid, ResultOrigin.JOB, patient_id=patient_id) or self.get_stored_result(
+            study_instance_uid, ResultOrigin.UPLOAD, patient_id=patient_id
         )
 
     @abstractmethod
@@ -336,13 +389,14 @@ class SqliteJobStore(JobStore):
         with self._tx() as db:
             rows = db.execute(
                 f"SELECT doc FROM jobs WHERE study_uid = ? AND state IN ({','.join('?' * len(names))})",
-                [job.study_instance_uid, *names],
+                [job.key, *names],
             ).fetchall()
             if rows:
                 return min((Job.from_json(json.loads(r[0])) for r in rows), key=lambda j: j.created_at), False
+            # The study_uid column holds the job's key (the study and its patient).
             db.execute(
                 "INSERT INTO jobs (id, study_uid, state, doc) VALUES (?, ?, ?, ?)",
-                (job.id, job.study_instance_uid, str(job.state), json.dumps(job.to_json())),
+                (job.id, job.key, str(job.state), json.dumps(job.to_json())),
             )
         return job, True
 
@@ -383,29 +437,34 @@ class SqliteJobStore(JobStore):
             raise ValueError(f"job_id is required for a job's result, got {job_id!r}")
         table = _RESULT_SLOTS[origin]
         uid = str(document["study_instance_uid"])
+        # The study_uid column holds the key: the study and its patient.
+        key = study_key(uid, document.get("patient_id"))
         with self._tx() as db:
-            row = db.execute(f"SELECT analyses FROM {table} WHERE study_uid = ?", (uid,)).fetchone()
+            row = db.execute(f"SELECT analyses FROM {table} WHERE study_uid = ?", (key,)).fetchone()
             analyses = (row[0] if row else 0) + 1
             now = time.time()
             db.execute(
                 f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?, ?)",
-                (uid, str(document["model_version"]), job_id, analyses, json.dumps(document), now),
+                (key, str(document["model_version"]), job_id, analyses, json.dumps(document), now),
             )
         return StoredResult(uid, str(document["model_version"]), job_id, analyses, document, now, origin)
 
-    def get_stored_result(self, study_instance_uid: str, origin: ResultOrigin) -> StoredResult | None:
+    def _result_keys(self, study_instance_uid: str, origin: ResultOrigin) -> list[str]:
+        table = _RESULT_SLOTS[ResultOrigin(origin)]
+        # A UID is digits and dots: nothing in it is a LIKE wildcard.
+        rows = self._connect().execute(f"SELECT study_uid FROM {table} WHERE study_uid LIKE ?", (f"{study_instance_uid}/%",))
+        return sorted(r[0] for r in rows.fetchall())
+
+    def _result_at(self, key: str, study_instance_uid: str, origin: ResultOrigin) -> StoredResult | None:
         table = _RESULT_SLOTS[ResultOrigin(origin)]
         row = (
             self._connect()
-            .execute(
-                f"SELECT study_uid, model_version, job_id, analyses, document, updated_at FROM {table} WHERE study_uid = ?",
-                (study_instance_uid,),
-            )
+            .execute(f"SELECT model_version, job_id, analyses, document, updated_at FROM {table} WHERE study_uid = ?", (key,))
             .fetchone()
         )
         if row is None:
             return None
-        return StoredResult(row[0], row[1], row[2], int(row[3]), json.loads(row[4]), float(row[5]), ResultOrigin(origin))
+        return StoredResult(study_instance_uid, row[0], row[1], int(row[2]), json.loads(row[3]), float(row[4]), ResultOrigin(origin))
 
     def observe(self, timings_ms: Mapping[str, float]) -> None:
         rows = [
@@ -469,7 +528,7 @@ class RedisJobStore(JobStore):
         return ":".join((self.prefix, *parts))
 
     def insert_unless_active(self, job: Job) -> tuple[Job, bool]:
-        pointer = self._k("active", job.study_instance_uid)
+        pointer = self._k("active", job.key)
         with self.client.pipeline() as pipe:
             while True:
                 try:
@@ -485,7 +544,7 @@ class RedisJobStore(JobStore):
                     pipe.set(pointer, job.id)
                     pipe.set(self._k("job", job.id), json.dumps(job.to_json()))
                     pipe.sadd(self._k("state", str(job.state)), job.id)
-                    pipe.sadd(self._k("study", job.study_instance_uid), job.id)
+                    pipe.sadd(self._k("study", job.key), job.id)
                     pipe.execute()
                     return job, True
                 except self._redis_module.WatchError:
@@ -536,10 +595,15 @@ class RedisJobStore(JobStore):
     def counts_by_state(self) -> dict[str, int]:
         return {str(s): int(self.client.scard(self._k("state", str(s)))) for s in JobState}
 
-    def _result_key(self, study_instance_uid: str, origin: ResultOrigin) -> str:
-        # Job results keep their historical key ("result"); uploads have their own.
+    def _result_key(self, key: str, origin: ResultOrigin) -> str:
+        """``key``: :func:`study_key`. Job results keep their historical prefix ("result");
+        uploads have their own."""
         slot = "result" if origin == ResultOrigin.JOB else _RESULT_SLOTS[origin]
-        return self._k(slot, study_instance_uid)
+        return self._k(slot, key)
+
+    def _patients_key(self, study_instance_uid: str, origin: ResultOrigin) -> str:
+        """The set of the result keys of every patient under a UID."""
+        return self._k("result-patients", str(origin), study_instance_uid)
 
     def put_result(
         self, *, document: Mapping[str, Any], job_id: str | None, origin: ResultOrigin = ResultOrigin.JOB
@@ -548,9 +612,12 @@ class RedisJobStore(JobStore):
         if origin == ResultOrigin.JOB and not job_id:
             raise ValueError(f"job_id is required for a job's result, got {job_id!r}")
         uid = str(document["study_instance_uid"])
-        key = self._result_key(uid, origin)
+        patient_id = document.get("patient_id")
+        key = self._result_key(study_key(uid, patient_id), origin)
         now = time.time()
         pipe = self.client.pipeline()
+        if patient_id is not None:
+            pipe.sadd(self._patients_key(uid, origin), study_key(uid, patient_id))
         pipe.hincrby(key, "analyses", 1)
         pipe.hset(
             key,
@@ -561,12 +628,15 @@ class RedisJobStore(JobStore):
                 "updated_at": repr(now),
             },
         )
-        analyses = int(pipe.execute()[0])
+        analyses = int(pipe.execute()[1 if patient_id is not None else 0])
         return StoredResult(uid, str(document["model_version"]), job_id, analyses, document, now, origin)
 
-    def get_stored_result(self, study_instance_uid: str, origin: ResultOrigin) -> StoredResult | None:
+    def _result_keys(self, study_instance_uid: str, origin: ResultOrigin) -> list[str]:
+        return sorted(self.client.smembers(self._patients_key(study_instance_uid, ResultOrigin(origin))))
+
+    def _result_at(self, key: str, study_instance_uid: str, origin: ResultOrigin) -> StoredResult | None:
         origin = ResultOrigin(origin)
-        row = self.client.hgetall(self._result_key(study_instance_uid, origin))
+        row = self.client.hgetall(self._result_key(key, origin))
         if not row or "document" not in row:
             return None
         return StoredResult(

@@ -37,9 +37,10 @@ import pydicom
 from cxr_service import charsets  # noqa: F401 - corrects pydicom's ISO 2022 IR 58 before anything is read
 from cxr_service.analysis import AnalysedStudy
 from cxr_service.engine import AnalysisEngine
-from cxr_service.ingest import IngestLimits, IngestResult, Rejected, ingest_bytes, ingest_dataset, ingest_file
+from cxr_service.ingest import IngestedImage, IngestLimits, IngestResult, Rejected, ingest_bytes, ingest_dataset, ingest_file
 from cxr_service.jobs import JobStore, ResultOrigin
 from cxr_service.outputs import build_outputs, result_document, write_output_files, write_result_file
+from cxr_service.patients import patient_of, single_patient
 
 logger = logging.getLogger(__name__)
 
@@ -231,12 +232,16 @@ class Pacs:
 
 @dataclass(frozen=True)
 class StudyRequest:
-    """One study to analyse: its UID, who asked (a job names its id) and where the outputs go."""
+    """One study to analyse: its UID, who asked (a job names its id) and where the outputs go.
+    ``patient_id``, when given, is the patient whose study it is: an instance of another patient
+    fails the run (:class:`~cxr_service.patients.MixedPatients`); without it the instances must
+    still all be one patient's."""
 
     study_instance_uid: str
     requester: Requester
     destination: Destination
     job_id: str | None = None
+    patient_id: str | None = None
 
     def __post_init__(self) -> None:
         if not self.study_instance_uid:
@@ -258,6 +263,17 @@ class StudyRun:
 def unattributed_entry(item: Rejected) -> dict[str, Any]:
     """How every door reports an instance that no study output can reference."""
     return {"source": item.source, "sop_instance_uid": item.sop_instance_uid, "reason": item.reason}
+
+
+def instance_patients(instances: Iterable[StudyInstance]) -> list[tuple[str, str | None]]:
+    """(label, Patient ID) of each instance: from the ingested image's header, else the rejected
+    instance's header; None when neither could be read."""
+    pairs: list[tuple[str, str | None]] = []
+    for number, instance in enumerate(instances):
+        item = instance.item
+        label = item.sop_instance_uid or getattr(item, "source", None) or f"instance {number + 1}"
+        pairs.append((label, patient_of(item.dataset if isinstance(item, IngestedImage) else instance.header)))
+    return pairs
 
 
 def source_digests(instances: Iterable[StudyInstance]) -> dict[str, str]:
@@ -288,9 +304,12 @@ def run_study(
     (e.g. fetch). ``digests`` is the document's ``source_digests`` as the door computed them
     before ingest (the worker's skip rule compares them), by default :func:`source_digests`. A
     job's or an upload's result is kept in ``store``; a CLI run's is not. Failures of the
-    destination (a JobFailure) propagate: nothing is kept then.
+    destination (a JobFailure) propagate: nothing is kept then. Instances of more than one
+    patient (or of another than ``request.patient_id``) raise
+    :class:`~cxr_service.patients.MixedPatients` before anything is analysed.
     """
     uid = request.study_instance_uid
+    patient = single_patient(instance_patients(instances), study_instance_uid=uid, expected=request.patient_id)
     study = _analyse(request, instances, engine=engine)
     outputs, writers_ms = build_outputs(study)
     start = time.perf_counter()
@@ -306,6 +325,7 @@ def run_study(
         delivered_to=request.destination.label,
         summary=summary,
         not_attributed=unattributed,
+        patient_id=patient,
         source_digests=dict(digests) if digests is not None else source_digests(instances),
     )
     document["timings_ms"].update({k: round(float(v), 1) for k, v in {**(timings_ms or {}), "deliver": deliver_ms}.items()})

@@ -9,15 +9,20 @@ Every UID is a ``2.25.`` UID (ITU-T X.667: the decimal form of a UUID) whose UUI
 name-based (version 5) UUID of (source UID, model version, output kind, index), so analysing the
 same study twice with the same model version gives the same Series and SOP Instance UIDs and a
 PACS overwrites the earlier results instead of duplicating them; a new model version gives new
-UIDs.
+UIDs. Inside :func:`patient_scope` (the writers run in one, see
+:func:`cxr_service.writers.write_all`) the Patient ID is part of the name too: two patients'
+studies under one StudyInstanceUID (see :mod:`cxr_service.patients`) never share an output UID.
 
 The UUID scheme itself is :func:`cxr_models.uid.name_uid`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import re
+from collections.abc import Iterator
 
 from cxr_models.uid import name_uid
 
@@ -27,6 +32,8 @@ UID_MAX_LENGTH = 64
 #: A valid UID (PS3.5 §9.1), for JSON schemas and path parameters.
 UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
 _DIGITS = re.compile(r"^[0-9]+$")
+# The Patient ID output UIDs are derived for (None or empty: none, the UIDs of earlier versions).
+_PATIENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("cxr_output_patient", default=None)
 
 
 def uid_problem(value: str) -> str | None:
@@ -75,7 +82,21 @@ def derive_uid(*, source_uid: str, model_version: str, kind: str, index: int = 0
         raise ValueError(f"kind must not be empty, got {kind!r}")
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
+    patient = _PATIENT.get()
+    if patient:
+        return name_uid(source_uid, model_version, kind, str(index), f"patient:{patient}")
     return name_uid(source_uid, model_version, kind, str(index))
+
+
+@contextlib.contextmanager
+def patient_scope(patient_id: str | None) -> Iterator[None]:
+    """Output UIDs derived inside this block (in this thread or task) depend on ``patient_id``
+    as well; None or empty leaves them as they are."""
+    token = _PATIENT.set(patient_id or None)
+    try:
+        yield
+    finally:
+        _PATIENT.reset(token)
 
 
 def series_uid(*, study_uid: str, model_version: str, kind: str) -> str:
@@ -90,4 +111,6 @@ def instance_uid(*, source_uid: str, model_version: str, kind: str, index: int =
 
 def device_uid(*, algorithm_name: str, model_version: str) -> str:
     """Device UID identifying the algorithm at a model version (device observer, equipment)."""
-    return derive_uid(source_uid=algorithm_name, model_version=model_version, kind="device")
+    # The algorithm's identity, the same for every patient.
+    with patient_scope(None):
+        return derive_uid(source_uid=algorithm_name, model_version=model_version, kind="device")

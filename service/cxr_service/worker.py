@@ -5,7 +5,10 @@ the same runner in an embedded consumer. Each job:
 
 1. is claimed (a job can run in one worker at a time; a finished job never runs again) and
    holds a lease renewed by a heartbeat, so a killed worker's job is requeued (``JobQueue.reap``);
-2. gathers its instances (DICOMweb QIDO + WADO, or the SCP's spool folder);
+2. gathers its instances (DICOMweb QIDO + WADO, or the SCP's spool folder): those of the job's
+   patient only (QIDO asks for its Patient ID, and each retrieved instance's is checked; another
+   patient's instance is left out and listed in ``not_attributed``); a job without a patient
+   whose instances belong to several fails at once (:mod:`cxr_service.patients`);
 3. is skipped when the study was already analysed from the same instances, byte for byte
    (SHA-256 of each, compared before anything is decoded), with the same model version and for
    the same destination, unless forced: an instance re-sent under its SOP Instance UID with
@@ -38,6 +41,7 @@ from cxr_service.failures import JobFailure, PermanentFailure, TransientFailure,
 from cxr_service.ingest import IngestLimits, Rejected, iter_dicom_paths
 from cxr_service.jobqueue import JobQueue
 from cxr_service.jobs import Job, JobKind, JobState, ResultOrigin
+from cxr_service.patients import MixedPatients, patient_of, read_patient_id, single_patient
 from cxr_service.pipeline import (
     InstanceSource,
     Nowhere,
@@ -174,9 +178,10 @@ class JobRunner:
         start = time.perf_counter()
         listed = self._list(job)
         fetched = self._fetch(job, listed)
+        fetched, others, patient = self._one_patient(job, fetched)
         fetch_ms = (time.perf_counter() - start) * 1000.0
         destination = self._destination(job)
-        previous = self.store.get_result(job.study_instance_uid, origin=ResultOrigin.JOB)
+        previous = self.store.get_result(job.study_instance_uid, origin=ResultOrigin.JOB, patient_id=patient)
         digests = {key: item.sha256 for key, item in fetched.items() if isinstance(item, InstanceSource) and item.sha256}
         if (
             not job.force
@@ -190,9 +195,15 @@ class JobRunner:
             return note, {"fetch": fetch_ms}, version
         instances = self._ingest(job, fetched, engine.limits)
         request = StudyRequest(
-            study_instance_uid=job.study_instance_uid, requester=Requester.JOB, destination=destination, job_id=job.id
+            study_instance_uid=job.study_instance_uid,
+            requester=Requester.JOB,
+            destination=destination,
+            job_id=job.id,
+            patient_id=job.patient_id,
         )
-        run = run_study(request, instances, engine=engine, store=self.store, timings_ms={"fetch": fetch_ms}, digests=digests)
+        run = run_study(
+            request, instances, engine=engine, store=self.store, timings_ms={"fetch": fetch_ms}, digests=digests, not_attributed=others
+        )
         self._cleanup(job)
         return run.summary, {k: float(v) for k, v in run.document["timings_ms"].items()}, version
 
@@ -201,7 +212,7 @@ class JobRunner:
         if job.kind == JobKind.DICOMWEB:
             if self.source is None:
                 raise PermanentFailure("no DICOMweb source configured (CXR_SOURCE_DICOMWEB_URL)")
-            refs = self.source.find_instances(job.study_instance_uid)
+            refs = self.source.find_instances(job.study_instance_uid, patient_id=job.patient_id)
             if not refs:
                 raise PermanentFailure(f"study {job.study_instance_uid} has no CR or DX instance at the source")
             return {ref.sop_instance_uid: ref for ref in refs}
@@ -239,6 +250,41 @@ class JobRunner:
                 continue
             fetched[sop_uid] = InstanceSource(label=sop_uid, dataset=ds)
         return fetched
+
+    def _one_patient(
+        self, job: Job, fetched: dict[str, InstanceSource | StudyInstance]
+    ) -> tuple[dict[str, InstanceSource | StudyInstance], list[Rejected], str | None]:
+        """The fetched instances of the job's patient, the others (left out, with their reason),
+        and the patient (None: no header could be read). A job without a patient takes the one
+        patient of its instances; several fail it (MixedPatients, permanent)."""
+        patients: dict[str, str | None] = {}
+        for key, item in fetched.items():
+            if isinstance(item, InstanceSource):
+                patients[key] = patient_of(item.dataset) if item.dataset is not None else read_patient_id(item.path, item.data)
+        if job.patient_id is None:
+            try:
+                patient = single_patient(patients.items(), study_instance_uid=job.study_instance_uid)
+            except MixedPatients as exc:
+                raise MixedPatients(f"{exc}; submit each patient's study on its own (patient_id)") from exc
+            return fetched, [], patient
+        kept: dict[str, InstanceSource | StudyInstance] = {}
+        others: list[Rejected] = []
+        for key, item in fetched.items():
+            if patients.get(key) in (None, job.patient_id):
+                kept[key] = item
+                continue
+            logger.warning("job %s: instance %s belongs to another patient: left out", job.id, key)
+            others.append(
+                Rejected(
+                    sop_instance_uid=key,
+                    study_instance_uid=job.study_instance_uid,
+                    source=key,
+                    reason="another patient's instance (its PatientID is not the job's): left out of this study",
+                )
+            )
+        if others and not kept:
+            raise PermanentFailure(f"study {job.study_instance_uid} has no instance of the requested patient at the source")
+        return kept, others, job.patient_id
 
     def _ingest(
         self, job: Job, fetched: dict[str, InstanceSource | StudyInstance], limits: IngestLimits

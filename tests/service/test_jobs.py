@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr_service.jobs import Job, JobKind, JobState, RedisJobStore, ResultOrigin, SqliteJobStore
+from cxr_service.jobs import AmbiguousStudy, Job, JobKind, JobState, RedisJobStore, ResultOrigin, SqliteJobStore
 from tests.service.procs import start_redis
 
 
@@ -90,6 +90,36 @@ def test_an_upload_result_never_replaces_a_job_result(store) -> None:
     assert served.document == job and served.job_id == "job-1" and served.analyses == 1
     assert store.get_result("1.2.3", origin=ResultOrigin.UPLOAD).analyses == 2
     assert store.get_result("1.2.3", origin=ResultOrigin.JOB).origin == ResultOrigin.JOB
+
+
+def test_jobs_and_results_are_kept_per_patient(store) -> None:
+    """Orthanc keeps one study per Patient ID + StudyInstanceUID: two patients under one UID
+    get a job each at once, and each its own result; asked without a patient, a UID with
+    results of two patients is ambiguous."""
+    a, created_a = store.insert_unless_active(Job.new(study_instance_uid="1.2.3", kind=JobKind.DICOMWEB, patient_id="A"))
+    b, created_b = store.insert_unless_active(Job.new(study_instance_uid="1.2.3", kind=JobKind.DICOMWEB, patient_id="B"))
+    again, created = store.insert_unless_active(Job.new(study_instance_uid="1.2.3", kind=JobKind.DICOMWEB, patient_id="A"))
+    assert created_a and created_b and a.id != b.id
+    assert not created and again.id == a.id and again.patient_id == "A"
+    assert store.get(b.id).patient_id == "B"
+
+    doc_a = {"study_instance_uid": "1.2.3", "model_version": "v", "images": [], "patient_id": "A"}
+    store.put_result(document=doc_a, job_id=a.id)
+    assert store.get_result("1.2.3").document == doc_a, "one patient's result: served without naming it"
+    assert store.get_result("1.2.3", patient_id="B") is None
+    doc_b = {**doc_a, "patient_id": "B"}
+    store.put_result(document=doc_b, job_id=b.id)
+    store.put_result(document=doc_b, job_id=b.id)
+    assert store.get_result("1.2.3", patient_id="A").analyses == 1
+    assert store.get_result("1.2.3", patient_id="B").analyses == 2 and store.get_result("1.2.3", patient_id="B").job_id == b.id
+    with pytest.raises(AmbiguousStudy, match="2 patients"):
+        store.get_result("1.2.3")
+    # A result kept by an earlier version (no patient) is only served while no patient has one.
+    legacy = {"study_instance_uid": "1.2.4", "model_version": "v", "images": []}
+    store.put_result(document=legacy, job_id="old")
+    assert store.get_result("1.2.4").document == legacy
+    store.put_result(document={**legacy, "patient_id": "A"}, job_id="new")
+    assert store.get_result("1.2.4").job_id == "new"
 
 
 def test_latency_histograms(store) -> None:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 import subprocess
 import warnings
@@ -29,7 +30,8 @@ from cxr_service.engine import AnalysisEngine, LazyEngine
 from cxr_service.failures import PermanentFailure, TransientFailure
 from cxr_service.ingest import IngestedImage
 from cxr_service.jobqueue import JobQueue
-from cxr_service.jobs import JobKind, JobState, ResultOrigin
+from cxr_service.jobs import AmbiguousStudy, JobKind, JobState, ResultOrigin
+from cxr_service.patients import MixedPatients
 from cxr_service.pipeline import (
     Folder,
     InstanceSource,
@@ -231,12 +233,14 @@ class FakePacs:
         self.instances = {str(ds.SOPInstanceUID): ds for ds in datasets}
         self.stored: list[pydicom.Dataset] = []
         self.store_error: Exception | None = None
+        self.honours_patient_filter = True  # False: a PACS whose QIDO ignores PatientID
 
-    def find_instances(self, study_instance_uid: str) -> list[InstanceRef]:
+    def find_instances(self, study_instance_uid: str, *, patient_id: str | None = None) -> list[InstanceRef]:
         refs = [
             InstanceRef(study_instance_uid, str(ds.SeriesInstanceUID), uid)
             for uid, ds in sorted(self.instances.items())
             if str(ds.StudyInstanceUID) == study_instance_uid
+            and (patient_id is None or not self.honours_patient_filter or str(ds.PatientID) == patient_id)
         ]
         if not refs:
             raise PermanentFailure(f"study {study_instance_uid} not found at {self.url}")
@@ -343,6 +347,84 @@ def test_an_upload_never_replaces_a_job_result(worker, corpus, engine) -> None:
     assert len(kept.document["images"]) == 3 and len(upload.document["images"]) == 1
     # The job's result still decides the skip: the PACS content is unchanged.
     assert "already analysed" in run_job(runner, uid).note
+
+
+def referenced_sop_uids(ds: pydicom.Dataset) -> set[str]:
+    """Every ReferencedSOPInstanceUID anywhere in a dataset."""
+    found = set()
+    for element in ds.iterall():
+        if element.keyword == "ReferencedSOPInstanceUID":
+            found.add(str(element.value))
+    return found
+
+
+def test_two_patients_under_one_study_uid_are_two_jobs_and_never_mixed(corpus, engine, tmp_path: Path) -> None:
+    """Orthanc keeps the same StudyInstanceUID under two Patient IDs as two studies: each job
+    names its patient and sees only that patient's instances; a job naming none refuses the
+    mixture at once; no output of one patient references the other's image or shares a UID."""
+    mine = pydicom.dcmread(corpus[REFERENCE_CASE].path)
+    theirs = copy.deepcopy(mine)
+    theirs.PatientID, theirs.PatientName = "OTHER-PATIENT-7", "Other^Patient"
+    theirs.SOPInstanceUID = theirs.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["theirs"])
+    uid, me, other = str(mine.StudyInstanceUID), str(mine.PatientID), "OTHER-PATIENT-7"
+    settings = Settings(environment="development", data_dir=tmp_path / "data", job_retries=2, retry_delay_s=0.01)
+    queue = JobQueue.from_settings(settings)
+    pacs = FakePacs([mine, theirs])
+    runner = JobRunner(queue=queue, engine=LazyEngine(settings, engine=engine), settings=settings, source=pacs, destination=pacs)
+
+    def run(patient_id: str | None, *, force: bool = False):
+        job, _ = queue.submit(study_instance_uid=uid, kind=JobKind.DICOMWEB, patient_id=patient_id, force=force)
+        runner(job.id)
+        return runner.store.get(job.id)
+
+    try:
+        unnamed = run(None)
+        assert unnamed.state == JobState.FAILED and unnamed.attempts == 1, unnamed
+        assert "holds instances of 2 patients" in unnamed.error and "patient_id" in unnamed.error
+        assert me not in unnamed.error and other not in unnamed.error
+        assert pacs.stored == [] and runner.store.get_result(uid) is None
+
+        first = run(me)
+        assert first.state == JobState.DONE and first.patient_id == me, first
+        mine_out, pacs.stored = list(pacs.stored), []
+        second = run(other)
+        assert second.state == JobState.DONE, second
+        theirs_out, pacs.stored = list(pacs.stored), []
+        for outputs, patient, image, foreign in ((mine_out, me, mine, theirs), (theirs_out, other, theirs, mine)):
+            assert {ds.Modality for ds in outputs} == {"SR", "PR", "SEG", "OT"}
+            assert {str(ds.PatientID) for ds in outputs} == {patient}
+            referenced = set().union(*(referenced_sop_uids(ds) for ds in outputs))
+            assert str(image.SOPInstanceUID) in referenced and str(foreign.SOPInstanceUID) not in referenced
+        assert not {str(ds.SOPInstanceUID) for ds in mine_out} & {str(ds.SOPInstanceUID) for ds in theirs_out}
+        assert not {str(ds.SeriesInstanceUID) for ds in mine_out} & {str(ds.SeriesInstanceUID) for ds in theirs_out}
+
+        with pytest.raises(AmbiguousStudy):
+            runner.store.get_result(uid)
+        assert runner.store.get_result(uid, patient_id=me).job_id == first.id
+        assert runner.store.get_result(uid, patient_id=other).document["patient_id"] == other
+        assert "already analysed" in run(me).note, "the skip rule compares the patient's own last result"
+
+        # A PACS whose QIDO ignores the Patient ID: the other patient's instance is fetched,
+        # recognised by its header and left out (listed in not_attributed, never in an output).
+        pacs.honours_patient_filter = False
+        forced = run(me, force=True)
+        assert forced.state == JobState.DONE, forced
+        assert {str(ds.PatientID) for ds in pacs.stored} == {me}
+        assert str(theirs.SOPInstanceUID) not in set().union(*(referenced_sop_uids(ds) for ds in pacs.stored))
+        document = runner.store.get_result(uid, patient_id=me).document
+        assert [e["sop_instance_uid"] for e in document["not_attributed"]] == [str(theirs.SOPInstanceUID)]
+        assert "another patient" in document["not_attributed"][0]["reason"]
+        assert str(theirs.SOPInstanceUID) not in document["source_digests"]
+    finally:
+        queue.close()
+
+    # The one path refuses the mixture itself (the upload and CLI doors, and any door to come).
+    both = [ingest_instance(InstanceSource(label=f"files[{i}]", dataset=ds), limits=engine.limits) for i, ds in enumerate((mine, theirs))]
+    request = StudyRequest(study_instance_uid=uid, requester=Requester.CLI, destination=Nowhere())
+    with pytest.raises(MixedPatients, match="2 patients"):
+        run_study(request, both, engine=engine)
+    with pytest.raises(MixedPatients, match="another patient than the one requested"):
+        run_study(dataclasses.replace(request, patient_id=other), both[:1], engine=engine)
 
 
 def test_requests_are_typed() -> None:

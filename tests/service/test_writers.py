@@ -33,7 +33,7 @@ from pydicom.uid import (
 
 from cxr_service import codes
 from cxr_service.results import REASON_LATERAL, AlgorithmInfo, ImageResult, Opacity, StudyResult, to_result_json
-from cxr_service.uids import KIND_GSPS, KIND_SC, KIND_SEG, KIND_SR, derive_uid, series_uid
+from cxr_service.uids import KIND_GSPS, KIND_SC, KIND_SEG, KIND_SR, derive_uid, patient_scope, series_uid
 from cxr_service.writers import write_all, write_gsps, write_sc, write_seg, write_sr
 from cxr_service.writers.common import rectangle
 from cxr_service.writers.sources import writable_source
@@ -507,9 +507,9 @@ def test_outputs_are_deterministic(result, headers, displays):
         for a, b in zip(first[kind], second[kind]):
             assert (a.SOPInstanceUID, a.SeriesInstanceUID) == (b.SOPInstanceUID, b.SeriesInstanceUID)
             assert file_bytes(a) == file_bytes(b), kind
-        assert {ds.SeriesInstanceUID for ds in first[kind]} == {
-            series_uid(study_uid=STUDY_UID, model_version=MODEL_VERSION, kind=kind)
-        }
+        with patient_scope("CXR0001"):  # output UIDs are derived for the study's patient too
+            expected = series_uid(study_uid=STUDY_UID, model_version=MODEL_VERSION, kind=kind)
+        assert {ds.SeriesInstanceUID for ds in first[kind]} == {expected}
     uids = [ds.SOPInstanceUID for datasets in first.values() for ds in datasets]
     assert len(set(uids)) == len(uids)
     newer = write_sr(make_result(model_version="0.2.0"), headers)

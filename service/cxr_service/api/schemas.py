@@ -8,6 +8,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from cxr_service.jobqueue import PRIORITIES
 from cxr_service.jobs import Job
+from cxr_service.patients import PATIENT_ID_MAX_LENGTH, check_patient_id
 from cxr_service.uids import UID_MAX_LENGTH, UID_PATTERN, check_uid
 
 _PRIORITY_NAMES = {value: name for name, value in PRIORITIES.items()}
@@ -16,6 +17,13 @@ _PRIORITY_NAMES = {value: name for name, value in PRIORITIES.items()}
 #: :func:`cxr_service.uids.check_uid`, whose message says what is wrong (e.g. a leading zero).
 UIDText = Annotated[str, AfterValidator(check_uid)]
 UID_SCHEMA = {"pattern": UID_PATTERN, "minLength": 1, "maxLength": UID_MAX_LENGTH}
+#: A Patient ID in a body or query: no backslash or control character (ESC aside), at most PATIENT_ID_MAX_LENGTH.
+PatientIDText = Annotated[str, AfterValidator(check_patient_id)]
+PATIENT_ID_SCHEMA = {"maxLength": PATIENT_ID_MAX_LENGTH, "pattern": r"^[^\\\x00-\x1a\x1c-\x1f]*$"}
+PATIENT_ID_DESCRIPTION = (
+    "Patient ID of the study (a PACS such as Orthanc keeps one study per Patient ID and "
+    "StudyInstanceUID): only that patient's instances are fetched and analysed"
+)
 
 
 class StudyRequest(BaseModel):
@@ -26,11 +34,13 @@ class StudyRequest(BaseModel):
     )
     priority: Literal["low", "routine", "stat"] = Field("routine", description="`stat` jobs run before routine ones")
     force: bool = Field(False, description="re-analyse even when the study was analysed with this model version")
+    patient_id: PatientIDText | None = Field(None, description=PATIENT_ID_DESCRIPTION, json_schema_extra=PATIENT_ID_SCHEMA)
 
 
 class JobOut(BaseModel):
     id: str
     study_instance_uid: str
+    patient_id: str | None = Field(None, description="the patient whose study it is (null: the instances must be one patient's)")
     kind: str
     state: Literal["queued", "running", "retrying", "done", "failed"]
     priority: str
@@ -49,6 +59,7 @@ class JobOut(BaseModel):
         return cls(
             id=job.id,
             study_instance_uid=job.study_instance_uid,
+            patient_id=job.patient_id,
             kind=str(job.kind),
             state=str(job.state),  # type: ignore[arg-type]
             priority=_PRIORITY_NAMES.get(job.priority, str(job.priority)),

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 
+from cxr_service.patients import patient_of, single_patient
 from cxr_service.results import ImageResult, StudyResult
-from cxr_service.uids import KIND_GSPS, KIND_SC, KIND_SEG, KIND_SR, OUTPUT_KINDS
+from cxr_service.uids import KIND_GSPS, KIND_SC, KIND_SEG, KIND_SR, OUTPUT_KINDS, patient_scope
 from cxr_service.writers.common import WRITER_ERRORS, creation_datetime, identifying_header
 from cxr_service.writers.gsps import gsps_for_image, write_gsps
 from cxr_service.writers.sc import sc_for_image, write_sc
@@ -66,6 +67,24 @@ def describe_error(exc: BaseException, headers: Iterable[pydicom.Dataset] = ()) 
 
 
 def write_all(
+    result: StudyResult,
+    sources: Mapping[str, pydicom.Dataset],
+    displays: Mapping[str, np.ndarray],
+    *,
+    created: datetime.datetime | None = None,
+) -> StudyOutputs:
+    """Every output of a study (:func:`_write_all`), for one patient only: sources of two
+    Patient IDs raise :class:`~cxr_service.patients.MixedPatients` before anything is written.
+    The output UIDs are derived for that patient (:func:`cxr_service.uids.patient_scope`; a
+    writer run in another thread must run in a copy of this context)."""
+    patient = single_patient(
+        ((uid, patient_of(ds)) for uid, ds in sources.items()), study_instance_uid=result.study_instance_uid
+    )
+    with patient_scope(patient):
+        return _write_all(result, sources, displays, created=created)
+
+
+def _write_all(
     result: StudyResult,
     sources: Mapping[str, pydicom.Dataset],
     displays: Mapping[str, np.ndarray],

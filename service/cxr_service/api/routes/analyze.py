@@ -5,6 +5,10 @@ door takes (:func:`cxr_service.pipeline.run_study`) with their outputs stored no
 result is kept as the study's *upload* result: ``GET /v1/studies/{uid}/result`` serves it only
 while no job has analysed the study, and it never replaces a job's result (whose outputs are in
 the PACS), nor makes a later job skip the study.
+
+One study is one patient's (:mod:`cxr_service.patients`): files of two Patient IDs under one
+StudyInstanceUID are refused with ``422`` naming ``files`` (which file differs from which), as
+files of two studies are; nothing is analysed then.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from starlette.concurrency import run_in_threadpool
 
 from cxr_service.api.deps import Authorized, EngineDep, QueueDep
 from cxr_service.api.problems import Problem
-from cxr_service.ingest import Rejected
+from cxr_service.ingest import IngestedImage, Rejected
+from cxr_service.patients import MixedPatients, patient_of, single_patient
 from cxr_service.pipeline import InstanceSource, Nowhere, Requester, StudyInstance, StudyRequest, ingest_instance, run_study, unattributed_entry
 
 logger = logging.getLogger(__name__)
@@ -64,6 +69,15 @@ async def analyze_upload(
     if len(studies) > 1:
         raise Problem(422, f"files: the upload holds {len(studies)} studies; send one study per request")
     ((study_uid, study_instances),) = studies.items()
+    patients = [
+        (f"files[{index}]", patient_of(i.item.dataset if isinstance(i.item, IngestedImage) else i.header))
+        for index, i in enumerate(instances)
+        if i.item.study_instance_uid == study_uid
+    ]
+    try:
+        single_patient(patients, study_instance_uid=study_uid)
+    except MixedPatients as exc:
+        raise Problem(422, f"files: {exc}; send one patient's study per request") from exc
     request = StudyRequest(study_instance_uid=study_uid, requester=Requester.UPLOAD, destination=Nowhere())
     run = await run_in_threadpool(
         run_study, request, study_instances, engine=engine, store=queue.store, not_attributed=orphans

@@ -33,6 +33,7 @@ def submit_study(body: StudyRequest, queue: QueueDep, response: Response) -> Sub
             kind=JobKind.DICOMWEB,
             priority=PRIORITIES[body.priority],
             force=body.force,
+            patient_id=body.patient_id,
         )
     except Exception as exc:
         if storage_full(exc):
