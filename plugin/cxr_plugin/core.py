@@ -11,11 +11,18 @@ Orthanc's callbacks only put work on a queue (:meth:`CxrPlugin.notify_stable_stu
   restarts of Orthanc or the service.
 
 Our own outputs (SR, PR, SEG, SC) never trigger anything: only CR and DX instances count, and a
-study whose CR/DX instance count has not changed since its analysis is left alone.
+study whose CR/DX instances have not changed since its analysis is left alone. "Changed" is told
+by a fingerprint (``cxr-instances``): a SHA-256 over the sorted (instance id, MD5 of the stored
+file) pairs, so a new image, a deleted one, and an instance overwritten in Orthanc with other
+pixels (same SOP Instance UID, same instance id, another file) all make the study analysed again.
+
+An Orthanc study is one patient's (Orthanc's study is Patient ID + StudyInstanceUID): the plugin
+submits it with its Patient ID, and the service analyses that patient's instances only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
@@ -36,7 +43,8 @@ META_JOB = "cxr-job"
 STATUS_QUEUED = "queued"
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"
-# Remembered with the job: how many CR/DX instances the study had when it was submitted.
+# Remembered with the job: the fingerprint of the study's CR/DX instances when it was submitted
+# (see the module docstring; earlier versions stored their count, which never matches now).
 META_INSTANCES = "cxr-instances"
 
 
@@ -44,6 +52,8 @@ class OrthancApi(Protocol):
     """The slice of Orthanc's REST API the plugin uses (``orthanc.RestApi*`` in Orthanc)."""
 
     def get_json(self, uri: str) -> Any: ...
+
+    def get_text(self, uri: str) -> str: ...
 
     def put(self, uri: str, body: str) -> None: ...
 
@@ -94,8 +104,11 @@ class ServiceClient:
         except (urllib.error.URLError, OSError) as exc:
             raise ServiceUnavailable(f"service unreachable ({type(exc).__name__})") from exc
 
-    def submit(self, study_instance_uid: str, *, force: bool) -> dict:
-        return self._call("POST", "/v1/studies", {"study_instance_uid": study_instance_uid, "force": force})["job"]
+    def submit(self, study_instance_uid: str, *, force: bool, patient_id: str | None = None) -> dict:
+        body: dict[str, Any] = {"study_instance_uid": study_instance_uid, "force": force}
+        if patient_id is not None:
+            body["patient_id"] = patient_id
+        return self._call("POST", "/v1/studies", body)["job"]
 
     def job(self, job_id: str) -> dict:
         return self._call("GET", f"/v1/jobs/{job_id}")
@@ -187,13 +200,26 @@ class CxrPlugin:
         except Exception:
             logger.exception("cxr: study %s could not be handled", item.orthanc_id)
 
-    def cr_dx_instances(self, orthanc_id: str) -> int:
+    def cr_dx_instances(self, orthanc_id: str) -> list[str]:
+        """The Orthanc ids of the study's CR and DX instances."""
         series = self.api.get_json(f"/studies/{orthanc_id}/series")
-        return sum(
-            len(s.get("Instances", []))
+        return [
+            str(instance)
             for s in series
             if str(s.get("MainDicomTags", {}).get("Modality", "")).upper() in ANALYSED_MODALITIES
-        )
+            for instance in s.get("Instances", [])
+        ]
+
+    def fingerprint(self, instances: list[str]) -> str:
+        """``<count>:<SHA-256>`` of the sorted (instance id, MD5 of its stored file) pairs."""
+        digest = hashlib.sha256()
+        for instance in sorted(instances):
+            try:
+                md5 = self.api.get_text(f"/instances/{instance}/attachments/dicom/md5").strip()
+            except Exception:  # noqa: BLE001 - no MD5 (StoreMD5ForAttachments off): the id alone counts
+                md5 = "?"
+            digest.update(f"{instance}={md5};".encode())
+        return f"{len(instances)}:{digest.hexdigest()}"
 
     def metadata(self, orthanc_id: str) -> dict[str, str]:
         return dict(self.api.get_json(f"/studies/{orthanc_id}/metadata?expand"))
@@ -203,26 +229,28 @@ class CxrPlugin:
             self.api.put(f"/studies/{orthanc_id}/metadata/{key.replace('_', '-')}", value)
 
     def should_analyse(self, orthanc_id: str) -> bool:
-        count = self.cr_dx_instances(orthanc_id)
-        if count == 0:
+        instances = self.cr_dx_instances(orthanc_id)
+        if not instances:
             return False  # not a CR/DX study, or only our own outputs
         meta = self.metadata(orthanc_id)
         status = meta.get(META_STATUS)
         if status == STATUS_QUEUED:
             return False  # already on its way
-        if status in (STATUS_DONE, STATUS_FAILED) and meta.get(META_INSTANCES) == str(count):
+        if status in (STATUS_DONE, STATUS_FAILED) and meta.get(META_INSTANCES) == self.fingerprint(instances):
             return False  # our outputs arriving, or a repeated notification
         return True
 
     def submit(self, orthanc_id: str, *, force: bool) -> None:
         study = self.api.get_json(f"/studies/{orthanc_id}")
         uid = str(study["MainDicomTags"]["StudyInstanceUID"])
-        count = self.cr_dx_instances(orthanc_id)
-        self.set_metadata(orthanc_id, cxr_status=STATUS_QUEUED, cxr_reason="", cxr_instances=str(count))
+        # Orthanc's study is one patient's: the service analyses that patient's instances only.
+        patient_id = str(study.get("PatientMainDicomTags", {}).get("PatientID", ""))
+        fingerprint = self.fingerprint(self.cr_dx_instances(orthanc_id))
+        self.set_metadata(orthanc_id, cxr_status=STATUS_QUEUED, cxr_reason="", cxr_instances=fingerprint)
         delay = self.retry_initial_s
         while not self._stop.is_set():
             try:
-                job = self.service.submit(uid, force=force)
+                job = self.service.submit(uid, force=force, patient_id=patient_id)
                 break
             except ServiceUnavailable as exc:
                 logger.warning("cxr: study %s: service unavailable (%s); retrying in %.0f s", orthanc_id, exc, delay)

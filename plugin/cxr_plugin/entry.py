@@ -38,6 +38,10 @@ class OrthancRestApi:
     def get_json(self, uri):
         return json.loads(orthanc.RestApiGet(uri))
 
+    def get_text(self, uri):
+        answer = orthanc.RestApiGet(uri)
+        return answer.decode("utf-8", "replace") if isinstance(answer, bytes) else str(answer)
+
     def put(self, uri, body):
         orthanc.RestApiPut(uri, body)
 

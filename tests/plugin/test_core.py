@@ -13,11 +13,17 @@ class FakeOrthanc:
     def __init__(self) -> None:
         self.studies: dict[str, dict[str, Any]] = {}
         self.meta: dict[str, dict[str, str]] = {}
+        self.md5: dict[str, str] = {}  # instance id -> MD5 of its stored file (default: from the id)
+        self.text_requests: list[str] = []
 
-    def add(self, orthanc_id: str, uid: str, series: list[tuple[str, int]]) -> None:
+    def add(self, orthanc_id: str, uid: str, series: list[tuple[str, int]], *, patient_id: str = "P1") -> None:
         self.studies[orthanc_id] = {
             "MainDicomTags": {"StudyInstanceUID": uid},
-            "series": [{"MainDicomTags": {"Modality": m}, "Instances": [f"i{k}" for k in range(n)]} for m, n in series],
+            "PatientMainDicomTags": {"PatientID": patient_id},
+            "series": [
+                {"MainDicomTags": {"Modality": m}, "Instances": [f"{orthanc_id}-{s}-{k}" for k in range(n)]}
+                for s, (m, n) in enumerate(series)
+            ],
         }
         self.meta.setdefault(orthanc_id, {})
 
@@ -34,6 +40,13 @@ class FakeOrthanc:
             return dict(self.meta[study])
         raise KeyError(uri)
 
+    def get_text(self, uri: str) -> str:
+        self.text_requests.append(uri)
+        parts = uri.strip("/").split("/")
+        if parts[0] != "instances" or parts[2:] != ["attachments", "dicom", "md5"]:
+            raise KeyError(uri)
+        return self.md5.get(parts[1], f"md5-of-{parts[1]}")
+
     def put(self, uri: str, body: str) -> None:
         _, _, study, _, key = uri.split("/")
         self.meta[study][key] = body
@@ -44,15 +57,17 @@ class FakeService:
         self.down = 0  # answer "unavailable" this many times first
         self.refuse = False
         self.submitted: list[tuple[str, bool]] = []
+        self.patients: list[str | None] = []
         self.jobs: dict[str, dict[str, Any]] = {}
 
-    def submit(self, uid: str, *, force: bool) -> dict:
+    def submit(self, uid: str, *, force: bool, patient_id: str | None = None) -> dict:
         if self.down:
             self.down -= 1
             raise ServiceUnavailable("service unreachable (URLError)")
         if self.refuse:
             raise ServiceRefused("HTTP 422: study_instance_uid: bad")
         self.submitted.append((uid, force))
+        self.patients.append(patient_id)
         job = {"id": f"job{len(self.submitted)}", "state": "queued"}
         self.jobs[job["id"]] = job
         return job
@@ -86,6 +101,48 @@ def test_only_cr_dx_studies_not_yet_analysed_are_submitted(setup) -> None:
     # A new radiograph joins the study: analysed again.
     orthanc.studies["a"]["series"].append({"MainDicomTags": {"Modality": "DX"}, "Instances": ["y"]})
     assert plugin.should_analyse("a")
+
+
+def test_an_overwritten_instance_makes_the_study_analysed_again(setup) -> None:
+    """Orthanc overwrites an instance re-sent under its SOP Instance UID: same instance id and
+    count, another stored file (MD5). The fingerprint in cxr-instances tells it apart."""
+    orthanc, service, plugin, _ = setup
+    orthanc.add("a", "1.1", [("CR", 2), ("DX", 1)])
+    plugin.submit("a", force=False)
+    fingerprint = orthanc.meta["a"]["cxr-instances"]
+    assert fingerprint.startswith("3:") and len(fingerprint) == 2 + 64
+    service.jobs["job1"]["state"] = "done"
+    plugin.poll_jobs()
+    assert not plugin.should_analyse("a"), "a repeated notification with the same files"
+    orthanc.studies["a"]["series"].append({"MainDicomTags": {"Modality": "SEG"}, "Instances": ["seg"]})
+    assert not plugin.should_analyse("a"), "our own outputs arriving"
+    assert not any("/seg/" in uri for uri in orthanc.text_requests), "only CR/DX files are fingerprinted"
+
+    orthanc.md5["a-0-1"] = "other-pixels"
+    assert plugin.should_analyse("a"), "the overwritten instance changes the fingerprint"
+    plugin.submit("a", force=False)
+    assert orthanc.meta["a"]["cxr-instances"] != fingerprint and service.submitted == [("1.1", False), ("1.1", False)]
+    # Same files again (the order Orthanc lists them in does not matter).
+    service.jobs["job2"]["state"] = "done"
+    plugin.poll_jobs()
+    orthanc.studies["a"]["series"].reverse()
+    assert not plugin.should_analyse("a")
+    # Earlier versions stored the count: such a study is submitted once more (the service then
+    # finds the same instances and does not analyse again).
+    orthanc.meta["a"]["cxr-instances"] = "3"
+    assert plugin.should_analyse("a")
+
+
+def test_the_study_is_submitted_with_its_patient_id(setup) -> None:
+    """Orthanc's study is Patient ID + StudyInstanceUID: two patients under one UID are two
+    studies, and each job names its patient."""
+    orthanc, service, plugin, _ = setup
+    orthanc.add("a", "1.1", [("CR", 1)], patient_id="P1")
+    orthanc.add("b", "1.1", [("CR", 1)], patient_id="P2")
+    plugin.submit("a", force=False)
+    plugin.submit("b", force=False)
+    assert service.submitted == [("1.1", False), ("1.1", False)] and service.patients == ["P1", "P2"]
+    assert orthanc.meta["a"]["cxr-job"] != orthanc.meta["b"]["cxr-job"]
 
 
 def test_service_down_is_retried_with_backoff(setup) -> None:
