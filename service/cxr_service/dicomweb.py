@@ -113,14 +113,24 @@ class DicomWebPacs:
         return refs
 
     def retrieve(self, ref: InstanceRef) -> pydicom.Dataset:
-        """One instance by WADO-RS, in whatever transfer syntax the server stored."""
-        with _http_errors("WADO-RS", self.url):
-            return self.client.retrieve_instance(
-                study_instance_uid=ref.study_instance_uid,
-                series_instance_uid=ref.series_instance_uid,
-                sop_instance_uid=ref.sop_instance_uid,
-                media_types=(("application/dicom", "*"),),
-            )
+        """One instance by WADO-RS, in whatever transfer syntax the server stored. A 404 for an
+        instance QIDO-RS just listed says why it may be: Orthanc answers so when it holds the
+        SOP Instance UID under two Patient IDs (it cannot tell which one is asked for)."""
+        try:
+            with _http_errors("WADO-RS", self.url):
+                return self.client.retrieve_instance(
+                    study_instance_uid=ref.study_instance_uid,
+                    series_instance_uid=ref.series_instance_uid,
+                    sop_instance_uid=ref.sop_instance_uid,
+                    media_types=(("application/dicom", "*"),),
+                )
+        except PermanentFailure as exc:
+            if "HTTP 404" not in str(exc):
+                raise
+            raise PermanentFailure(
+                f"{exc} for instance {ref.sop_instance_uid}, which QIDO-RS listed (a PACS answers so when it holds "
+                "that SOP Instance UID under two patients: the UID is then not enough to retrieve it)"
+            ) from exc
 
     def store(self, datasets: Sequence[pydicom.Dataset]) -> None:
         """STOW-RS the datasets; any instance the server refuses fails the call."""

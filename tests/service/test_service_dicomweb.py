@@ -185,3 +185,120 @@ def test_resent_pixels_are_analysed_again_and_an_upload_never_replaces_the_job_r
         assert orthanc.output_series(uid)["SR"] == 1
     finally:
         service.stop()
+
+
+def relabelled(paths: list[Path], *, study_uid: str, patient_id: str, salt: str, keep_sop_uids: bool = False) -> list[bytes]:
+    """The files as another study (``study_uid``) of ``patient_id``: new series and SOP Instance
+    UIDs derived from ``salt`` (or the SOP Instance UIDs kept, as a study sent again after a
+    patient merge is)."""
+    import io
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    out = []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = study_uid
+        ds.PatientID = patient_id
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[salt, str(ds.SeriesInstanceUID)])
+        if not keep_sop_uids:
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[salt, str(ds.SOPInstanceUID)])
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append(buffer.getvalue())
+    return out
+
+
+def orthanc_studies(orthanc: Orthanc, study_uid: str) -> dict[str, dict]:
+    """Patient ID → {"id", "images": SOP UIDs of its CR/DX, "outputs": parsed SR/PR/SEG/OT}, for
+    every Orthanc study (Patient ID + StudyInstanceUID) under the UID."""
+    import io
+
+    import pydicom
+
+    found: dict[str, dict] = {}
+    with orthanc.client() as c:
+        ids = [x["ID"] for x in c.post("/tools/lookup", content=study_uid).json() if x["Type"] == "Study"]
+        for orthanc_id in ids:
+            study = c.get(f"/studies/{orthanc_id}").json()
+            entry = found.setdefault(study["PatientMainDicomTags"]["PatientID"], {"id": orthanc_id, "images": set(), "outputs": []})
+            for instance in c.get(f"/studies/{orthanc_id}/instances").json():
+                ds = pydicom.dcmread(io.BytesIO(c.get(f"/instances/{instance['ID']}/file").content))
+                if ds.Modality in ("CR", "DX"):
+                    entry["images"].add(str(ds.SOPInstanceUID))
+                else:
+                    entry["outputs"].append(ds)
+    return found
+
+
+def test_two_patients_under_one_study_uid_are_two_studies_each_analysed_apart(orthanc: Orthanc, phantom_studies, tmp_path: Path) -> None:
+    """The same StudyInstanceUID under two Patient IDs: Orthanc keeps two studies. A job names
+    its patient, fetches that patient's instances only, and its outputs land in that patient's
+    study, referencing its images only; a job naming no patient refuses the mixture; an upload
+    mixing the two is refused naming `files`; the same SOP Instance UIDs under two patients
+    cannot be retrieved from Orthanc's DICOMweb, and the job says so."""
+    from pydicom.uid import generate_uid
+
+    _, paths = list(phantom_studies.items())[1]
+    study_uid = generate_uid(entropy_srcs=["two-patients"])
+    me, other = "CXR-PATIENT-A", "CXR-PATIENT-B"
+    mine = relabelled(paths, study_uid=study_uid, patient_id=me, salt="a")
+    theirs = relabelled(paths[:1], study_uid=study_uid, patient_id=other, salt="b")
+    with orthanc.client() as o:
+        for data in mine + theirs:
+            o.post("/instances", content=data).raise_for_status()
+    assert set(orthanc_studies(orthanc, study_uid)) == {me, other}, "Orthanc: two studies"
+    service = start_service(tmp_path / "svc", **source_settings(orthanc))
+    try:
+        with service.client() as c:
+            def submit(**body):
+                r = c.post("/v1/studies", json={"study_instance_uid": study_uid, **body})
+                assert r.status_code == 202, r.text
+                return service.wait_job(r.json()["job"]["id"])
+
+            unnamed = submit()
+            assert unnamed["state"] == "failed" and unnamed["attempts"] == 1, unnamed
+            assert "holds instances of 2 patients" in unnamed["error"] and me not in unnamed["error"]
+            assert all(not s["outputs"] for s in orthanc_studies(orthanc, study_uid).values()), "nothing written"
+
+            jobs = {patient: submit(patient_id=patient) for patient in (me, other)}
+            assert all(j["state"] == "done" for j in jobs.values()), jobs
+            assert {j["patient_id"] for j in jobs.values()} == {me, other}
+            studies = orthanc_studies(orthanc, study_uid)
+            for patient, study in studies.items():
+                modalities = sorted(ds.Modality for ds in study["outputs"])
+                assert {"SR", "PR", "SEG", "OT"} <= set(modalities), (patient, modalities)
+                assert modalities.count("SR") == 1
+                assert {str(ds.PatientID) for ds in study["outputs"]} == {patient}
+                referenced = {str(e.value) for ds in study["outputs"] for e in ds.iterall() if e.keyword == "ReferencedSOPInstanceUID"}
+                assert referenced & study["images"] and not referenced - study["images"] - {
+                    str(ds.SOPInstanceUID) for ds in study["outputs"]
+                }, f"{patient}'s outputs reference another patient's images"
+            assert not {str(ds.SOPInstanceUID) for ds in studies[me]["outputs"]} & {str(ds.SOPInstanceUID) for ds in studies[other]["outputs"]}
+
+            ambiguous = c.get(f"/v1/studies/{study_uid}/result")
+            assert ambiguous.status_code == 409 and "patient_id" in ambiguous.json()["detail"]
+            result = c.get(f"/v1/studies/{study_uid}/result", params={"patient_id": other}).json()
+            assert result["patient_id"] == other and result["job_id"] == jobs[other]["id"] and len(result["images"]) == 1
+
+            files = [("files", (f"{i}.dcm", data, "application/dicom")) for i, data in enumerate(mine[:1] + theirs)]
+            upload = c.post("/v1/analyze", files=files)
+            assert upload.status_code == 422 and upload.headers["content-type"].startswith("application/problem+json")
+            assert upload.json()["detail"].startswith("files: ") and "2 patients" in upload.json()["detail"]
+            assert other not in upload.json()["detail"]
+
+            # After a patient merge: the same SOP Instance UIDs under a third Patient ID.
+            merged_uid = generate_uid(entropy_srcs=["merged"])
+            with orthanc.client() as o:
+                for patient in ("CXR-PATIENT-OLD", "CXR-PATIENT-NEW"):
+                    for data in relabelled(paths[:1], study_uid=merged_uid, patient_id=patient, salt="m", keep_sop_uids=True):
+                        o.post("/instances", content=data).raise_for_status()
+            r = c.post("/v1/studies", json={"study_instance_uid": merged_uid, "patient_id": "CXR-PATIENT-NEW"})
+            merged = service.wait_job(r.json()["job"]["id"])
+            assert merged["state"] == "failed" and merged["attempts"] == 1, merged
+            assert "HTTP 404" in merged["error"] and "under two patients" in merged["error"], merged["error"]
+        log = service.proc.output()
+        assert me not in log and other not in log, "no Patient ID in the service's log"
+    finally:
+        service.stop()
