@@ -290,3 +290,49 @@ def c_store(paths: list[Path], *, port: int, ae_title: str = "ORTHANC") -> list[
 
 def start_worker(data_dir: Path, *, name: str = "worker", **settings: object) -> Proc:
     return Proc(name, [str(CXR), "worker"], data_dir / f"{name}.log", env=cxr_env(data_dir, **settings)).start()
+
+
+def relabelled(paths: list[Path], *, study_uid: str, patient_id: str, salt: str, keep_sop_uids: bool = False) -> list[bytes]:
+    """The files as another study (``study_uid``) of ``patient_id``: new series and SOP Instance
+    UIDs derived from ``salt`` (or the SOP Instance UIDs kept, as a study sent again after a
+    patient merge is)."""
+    import io
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    out = []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = study_uid
+        ds.PatientID = patient_id
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[salt, str(ds.SeriesInstanceUID)])
+        if not keep_sop_uids:
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[salt, str(ds.SOPInstanceUID)])
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append(buffer.getvalue())
+    return out
+
+
+def orthanc_studies(orthanc: Orthanc, study_uid: str) -> dict[str, dict]:
+    """Patient ID → {"id", "images": SOP UIDs of its CR/DX, "outputs": parsed SR/PR/SEG/OT}, for
+    every Orthanc study (Patient ID + StudyInstanceUID) under the UID."""
+    import io
+
+    import pydicom
+
+    found: dict[str, dict] = {}
+    with orthanc.client() as c:
+        ids = [x["ID"] for x in c.post("/tools/lookup", content=study_uid).json() if x["Type"] == "Study"]
+        for orthanc_id in ids:
+            study = c.get(f"/studies/{orthanc_id}").json()
+            entry = found.setdefault(study["PatientMainDicomTags"]["PatientID"], {"id": orthanc_id, "images": set(), "outputs": []})
+            for instance in c.get(f"/studies/{orthanc_id}/instances").json():
+                ds = pydicom.dcmread(io.BytesIO(c.get(f"/instances/{instance['ID']}/file").content))
+                if ds.Modality in ("CR", "DX"):
+                    entry["images"].add(str(ds.SOPInstanceUID))
+                else:
+                    entry["outputs"].append(ds)
+    return found
+

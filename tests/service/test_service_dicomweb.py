@@ -13,6 +13,8 @@ from tests.service.procs import (
     OUTPUT_MODALITIES,
     Orthanc,
     free_port,
+    orthanc_studies,
+    relabelled,
     start_service,
     start_worker,
 )
@@ -185,51 +187,6 @@ def test_resent_pixels_are_analysed_again_and_an_upload_never_replaces_the_job_r
         assert orthanc.output_series(uid)["SR"] == 1
     finally:
         service.stop()
-
-
-def relabelled(paths: list[Path], *, study_uid: str, patient_id: str, salt: str, keep_sop_uids: bool = False) -> list[bytes]:
-    """The files as another study (``study_uid``) of ``patient_id``: new series and SOP Instance
-    UIDs derived from ``salt`` (or the SOP Instance UIDs kept, as a study sent again after a
-    patient merge is)."""
-    import io
-
-    import pydicom
-    from pydicom.uid import generate_uid
-
-    out = []
-    for path in paths:
-        ds = pydicom.dcmread(path)
-        ds.StudyInstanceUID = study_uid
-        ds.PatientID = patient_id
-        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[salt, str(ds.SeriesInstanceUID)])
-        if not keep_sop_uids:
-            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[salt, str(ds.SOPInstanceUID)])
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        out.append(buffer.getvalue())
-    return out
-
-
-def orthanc_studies(orthanc: Orthanc, study_uid: str) -> dict[str, dict]:
-    """Patient ID → {"id", "images": SOP UIDs of its CR/DX, "outputs": parsed SR/PR/SEG/OT}, for
-    every Orthanc study (Patient ID + StudyInstanceUID) under the UID."""
-    import io
-
-    import pydicom
-
-    found: dict[str, dict] = {}
-    with orthanc.client() as c:
-        ids = [x["ID"] for x in c.post("/tools/lookup", content=study_uid).json() if x["Type"] == "Study"]
-        for orthanc_id in ids:
-            study = c.get(f"/studies/{orthanc_id}").json()
-            entry = found.setdefault(study["PatientMainDicomTags"]["PatientID"], {"id": orthanc_id, "images": set(), "outputs": []})
-            for instance in c.get(f"/studies/{orthanc_id}/instances").json():
-                ds = pydicom.dcmread(io.BytesIO(c.get(f"/instances/{instance['ID']}/file").content))
-                if ds.Modality in ("CR", "DX"):
-                    entry["images"].add(str(ds.SOPInstanceUID))
-                else:
-                    entry["outputs"].append(ds)
-    return found
 
 
 def test_two_patients_under_one_study_uid_are_two_studies_each_analysed_apart(orthanc: Orthanc, phantom_studies, tmp_path: Path) -> None:
