@@ -6,7 +6,9 @@ Orthanc's callbacks only put work on a queue (:meth:`CxrPlugin.notify_stable_stu
 - on a stable study with CR/DX images that is not already queued or already analysed from the
   same images, mark it ``queued`` in Orthanc's metadata and submit it to the service;
 - while the service is down, keep retrying with backoff (the study stays ``queued``);
-- follow the submitted jobs and write ``done`` or ``failed`` (with the reason) into the metadata;
+- follow the submitted jobs and write ``done`` or ``failed`` (with the reason) into the metadata,
+  and for a done job the study's triage priority (``cxr-priority``: urgent, priority, unassessed
+  or routine; empty while queued or failed);
 - at start-up, submit again every study still marked ``queued``, so nothing is lost across
   restarts of Orthanc or the service.
 
@@ -40,6 +42,7 @@ ANALYSED_MODALITIES = frozenset({"CR", "DX"})
 META_STATUS = "cxr-status"
 META_REASON = "cxr-reason"
 META_JOB = "cxr-job"
+META_PRIORITY = "cxr-priority"
 STATUS_QUEUED = "queued"
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"
@@ -246,7 +249,7 @@ class CxrPlugin:
         # Orthanc's study is one patient's: the service analyses that patient's instances only.
         patient_id = str(study.get("PatientMainDicomTags", {}).get("PatientID", ""))
         fingerprint = self.fingerprint(self.cr_dx_instances(orthanc_id))
-        self.set_metadata(orthanc_id, cxr_status=STATUS_QUEUED, cxr_reason="", cxr_instances=fingerprint)
+        self.set_metadata(orthanc_id, cxr_status=STATUS_QUEUED, cxr_reason="", cxr_priority="", cxr_instances=fingerprint)
         delay = self.retry_initial_s
         while not self._stop.is_set():
             try:
@@ -279,7 +282,12 @@ class CxrPlugin:
                 continue
             state = job.get("state")
             if state == STATUS_DONE:
-                self.set_metadata(orthanc_id, cxr_status=STATUS_DONE, cxr_reason=str(job.get("note") or ""))
+                self.set_metadata(
+                    orthanc_id,
+                    cxr_status=STATUS_DONE,
+                    cxr_reason=str(job.get("note") or ""),
+                    cxr_priority=str(job.get("triage_priority") or ""),
+                )
             elif state == STATUS_FAILED:
                 self.set_metadata(orthanc_id, cxr_status=STATUS_FAILED, cxr_reason=str(job.get("error") or "failed"))
                 logger.warning("cxr: study %s failed: %s", orthanc_id, job.get("error"))

@@ -61,6 +61,16 @@ IMAGE_VIEW = Code("111031", "DCM", "Image View")
 # SCT 399067008 "Lateral projection", CID 4010 "DX View".
 LATERAL_VIEW = Code("399067008", "SCT", "lateral")
 
+# --- triage (the study's reading priority, cxr_service.triage) -------------------------------------
+# SCT 260870009 "Priority (attribute)" (in DICOM PS3.16's SNOMED CT list): concept name.
+PRIORITY = Code("260870009", "SCT", "Priority")
+# SCT 103391001 "Urgent (qualifier value)" (DICOM PS3.16 CID 3414 "Procedure Urgency": "Urgent").
+URGENT = Code("103391001", "SCT", "Urgent")
+# SCT 394849002 "High priority (qualifier value)", a child of SCT 272125009 "Priorities".
+HIGH_PRIORITY = Code("394849002", "SCT", "High priority")
+# SCT 50811001 "Routine (qualifier value)", a child of SCT 272125009 "Priorities".
+ROUTINE = Code("50811001", "SCT", "Routine")
+
 # --- units (UCUM) --------------------------------------------------------------------------------
 # UCUM "%", CID 7181.
 UCUM_PERCENT = Code("%", "UCUM", "Percent")
@@ -95,6 +105,9 @@ DEMO_WEIGHTS = Code("CXR010", CXR_SCHEME_DESIGNATOR, "Demo weights - not for cli
 # 99CXR: how unlike the training images an analysed image is (cxr_models.inference.ood:
 # sqrt(Mahalanobis^2 / D) of its view-network features; about 1 for training images, UCUM "1").
 OOD_SCORE = Code("CXR011", CXR_SCHEME_DESIGNATOR, "Out-of-distribution score")
+# 99CXR: the triage value of a study none of whose images could be analysed (no SNOMED CT
+# priority says "not assessed").
+TRIAGE_UNASSESSED = Code("CXR012", CXR_SCHEME_DESIGNATOR, "Not assessed: no image analysed")
 
 # --- lookups by the label strings of cxr_models.records ------------------------------------------
 # The view and category codes are also the concept names of the NUM items holding their
@@ -108,3 +121,7 @@ STUDY_LABEL_CODES = MappingProxyType(
     }
 )
 VIEW_CODES = MappingProxyType({"frontal": FRONTAL_VIEW, "lateral": LATERAL_VIEW, "other": OTHER_VIEW})
+# Triage priority (cxr_service.triage.Priority values) → the SR's coded value of SCT "Priority".
+TRIAGE_CODES = MappingProxyType(
+    {"urgent": URGENT, "priority": HIGH_PRIORITY, "unassessed": TRIAGE_UNASSESSED, "routine": ROUTINE}
+)

@@ -19,31 +19,43 @@ from cxr_service.analysis import AnalysedStudy, algorithm_info, analyze_study, r
 from cxr_service.ingest import IngestLimits, IngestResult
 from cxr_service.results import AlgorithmInfo
 from cxr_service.settings import Settings
+from cxr_service.triage import TriageThresholds
 
 logger = logging.getLogger(__name__)
 
 
 class AnalysisEngine:
-    """An :class:`Analyzer` plus the service's reporting settings."""
+    """An :class:`Analyzer` plus the service's reporting settings (opacities reported from
+    ``min_score``, the triage thresholds)."""
 
-    def __init__(self, analyzer: Analyzer, *, min_score: float, limits: IngestLimits) -> None:
+    def __init__(
+        self, analyzer: Analyzer, *, min_score: float, limits: IngestLimits, triage: TriageThresholds | None = None
+    ) -> None:
         self.analyzer = analyzer
         self.min_score = min_score
         self.limits = limits
+        self.triage = triage or TriageThresholds()
         self.algorithm: AlgorithmInfo = algorithm_info(analyzer.manifest)
         self._lock = threading.Lock()
 
     @classmethod
     def create(
-        cls, *, weights_dir: Path | None, device: str, min_score: float | None, max_pixels: int
+        cls,
+        *,
+        weights_dir: Path | None,
+        device: str,
+        min_score: float | None,
+        max_pixels: int,
+        triage: TriageThresholds | None = None,
     ) -> AnalysisEngine:
         """Load the weights (None: the shipped demo weights) onto ``device``; ``min_score`` None
-        means the manifest's reporting threshold."""
+        means the manifest's reporting threshold, ``triage`` None the default thresholds."""
         analyzer = Analyzer.load(weights_dir=weights_dir, device=device)
         engine = cls(
             analyzer,
             min_score=report_min_score(analyzer.manifest, min_score),
             limits=IngestLimits(max_pixels=max_pixels),
+            triage=triage,
         )
         logger.info(
             "models %s loaded on %s, opacities reported from score %.3f", engine.model_version, analyzer.device, engine.min_score
@@ -53,7 +65,11 @@ class AnalysisEngine:
     @classmethod
     def load(cls, settings: Settings) -> AnalysisEngine:
         return cls.create(
-            weights_dir=settings.weights_dir, device=settings.device, min_score=settings.min_score, max_pixels=settings.max_pixels
+            weights_dir=settings.weights_dir,
+            device=settings.device,
+            min_score=settings.min_score,
+            max_pixels=settings.max_pixels,
+            triage=TriageThresholds.from_settings(settings),
         )
 
     @property

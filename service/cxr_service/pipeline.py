@@ -10,7 +10,8 @@ The stages, one function each:
 
 1. :func:`ingest_instance`: one instance → :class:`StudyInstance` (the ingest outcome, the
    header of a rejected instance, a SHA-256 of the instance's bytes);
-2. :meth:`AnalysisEngine.analyze <cxr_service.engine.AnalysisEngine.analyze>`: the models;
+2. :meth:`AnalysisEngine.analyze <cxr_service.engine.AnalysisEngine.analyze>`: the models,
+   then the study's triage priority (:func:`cxr_service.triage.assess`, the engine's thresholds);
 3. :func:`cxr_service.outputs.build_outputs`: SR (always, with a reason per image not
    analysed), GSPS, SEG and SC;
 4. :meth:`Destination.deliver`: a PACS (STOW-RS or C-STORE), a folder, or nowhere;
@@ -20,6 +21,7 @@ The stages, one function each:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -41,6 +43,7 @@ from cxr_service.ingest import IngestedImage, IngestLimits, IngestResult, Reject
 from cxr_service.jobs import JobStore, ResultOrigin
 from cxr_service.outputs import build_outputs, result_document, write_output_files, write_result_file
 from cxr_service.patients import patient_of, single_patient
+from cxr_service.triage import assess
 
 logger = logging.getLogger(__name__)
 
@@ -311,6 +314,7 @@ def run_study(
     uid = request.study_instance_uid
     patient = single_patient(instance_patients(instances), study_instance_uid=uid, expected=request.patient_id)
     study = _analyse(request, instances, engine=engine)
+    study = dataclasses.replace(study, result=dataclasses.replace(study.result, triage=assess(study.result, engine.triage)))
     outputs, writers_ms = build_outputs(study)
     start = time.perf_counter()
     files = request.destination.deliver(uid, outputs.datasets)

@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cxr_models.inference.reasons import REASON_LATERAL, REASON_NOT_CHEST
 from cxr_models.records import STUDY_LABELS, VIEWS, Box
+
+if TYPE_CHECKING:
+    from cxr_service.triage import Triage
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +119,8 @@ class StudyResult:
     """Result for one study: the study class (None when no image was analysed) and its images.
 
     ``unattributed`` holds the reasons of the study's instances that had no SOP Instance UID
-    (they cannot be referenced, but the SR still says that they were not analysed).
+    (they cannot be referenced, but the SR still says that they were not analysed). ``triage``
+    is the study's reading priority (:func:`cxr_service.triage.assess`), set by the pipeline.
     """
 
     study_instance_uid: str
@@ -126,6 +130,7 @@ class StudyResult:
     images: tuple[ImageResult, ...]
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     unattributed: tuple[str, ...] = ()
+    triage: Triage | None = None
 
     def __post_init__(self) -> None:
         if self.study_label is not None and self.study_label not in STUDY_LABELS:
@@ -194,4 +199,5 @@ def to_result_json(result: StudyResult, *, outputs: Mapping[str, Any]) -> dict[s
         "images": [_image_json(image) for image in result.images],
         "outputs": dict(outputs),
         "timings_ms": {key: round(float(value), _TIMING_DECIMALS) for key, value in result.timings_ms.items()},
+        "triage": None if result.triage is None else result.triage.to_json(),
     }

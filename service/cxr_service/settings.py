@@ -97,6 +97,38 @@ class Settings(BaseSettings):
         description="Lowest fused opacity score reported; unset: the weights manifest's reporting_threshold, else 0.3.",
     )
 
+    triage_urgent_opacity: float = Field(
+        0.8, gt=0, le=1, description="A study is `urgent` when its highest reported opacity score reaches this."
+    )
+    triage_urgent_abnormal: float = Field(
+        0.95, gt=0, le=1, description="A study is `urgent` when its abnormal probability (1 - P(negative)) reaches this."
+    )
+    triage_priority_opacity: float = Field(
+        0.5, gt=0, le=1, description="A study is `priority` (unless urgent) when its highest opacity score reaches this."
+    )
+    triage_priority_abnormal: float = Field(
+        0.7, gt=0, le=1, description="A study is `priority` (unless urgent) when its abnormal probability reaches this."
+    )
+    triage_webhook_url: str | None = Field(
+        None, description="http(s) URL POSTed a JSON notice (study UID, priority, job id, times) for each study at or above triage_webhook_level."
+    )
+    triage_webhook_level: Literal["urgent", "priority"] = Field(
+        "urgent", description="Lowest priority notified: `urgent`, or `priority` (priority and urgent)."
+    )
+    triage_webhook_secret: SecretStr | None = Field(
+        None, description="Sent as the value of the triage_webhook_header header, so the receiver can tell the notices are ours."
+    )
+    triage_webhook_header: str = Field(
+        "X-CXR-Webhook-Secret", pattern=r"^[A-Za-z0-9-]{1,64}$", description="Name of the header carrying triage_webhook_secret."
+    )
+    triage_webhook_retry_s: float = Field(
+        5.0, gt=0, le=3600, description="Delay before the first retry of a notice the receiver did not take; doubled each time, at most 5 minutes."
+    )
+    triage_webhook_max_age_s: float = Field(
+        86400.0, gt=0, description="A notice still undelivered this long after the analysis is given up (logged, counted)."
+    )
+    triage_webhook_timeout_s: float = Field(10.0, gt=0, le=120, description="Timeout of one webhook request.")
+
     @property
     def docs_open(self) -> bool:
         """Whether /docs, /redoc and /openapi.json are served without the token."""
@@ -119,6 +151,21 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if value is not None and value.get_secret_value() in WEAK_SECRETS:
                 raise ValueError(f"CXR_{name.upper()} is a well-known default password; set a real one")
+        return self
+
+    @model_validator(mode="after")
+    def _triage_consistent(self) -> Settings:
+        for kind in ("opacity", "abnormal"):
+            urgent, priority = getattr(self, f"triage_urgent_{kind}"), getattr(self, f"triage_priority_{kind}")
+            if priority > urgent:
+                raise ValueError(
+                    f"CXR_TRIAGE_PRIORITY_{kind.upper()} ({priority}) must not exceed CXR_TRIAGE_URGENT_{kind.upper()} ({urgent})"
+                )
+        url = self.triage_webhook_url
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("CXR_TRIAGE_WEBHOOK_URL must be an http:// or https:// URL")
+        if self.triage_webhook_secret is not None and url is None:
+            raise ValueError("CXR_TRIAGE_WEBHOOK_SECRET is set but CXR_TRIAGE_WEBHOOK_URL is not")
         return self
 
     @model_validator(mode="after")

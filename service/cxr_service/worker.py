@@ -14,7 +14,9 @@ the same runner in an embedded consumer. Each job:
    the same destination, unless forced: an instance re-sent under its SOP Instance UID with
    other pixels is analysed again;
 4. otherwise runs :func:`cxr_service.pipeline.run_study` (the path every door takes): analysis,
-   outputs sent by STOW-RS or C-STORE to the destination AE, result.json kept as the job's;
+   outputs sent by STOW-RS or C-STORE to the destination AE, result.json kept as the job's, and
+   the study's triage put into the worklist (a webhook notice queued for a high priority, sent
+   by the process's :class:`~cxr_service.webhook.WebhookNotifier`, never by the job);
 5. on a transient failure (PACS down...) is retried with exponential backoff, up to
    ``job_retries`` times; on a permanent one (a 4xx, an unknown study, an error the same input
    would raise again) it fails at once with its reason.
@@ -54,6 +56,8 @@ from cxr_service.pipeline import (
     run_study,
 )
 from cxr_service.settings import Settings, load_settings
+from cxr_service.webhook import WebhookNotifier
+from cxr_service.worklist import make_triage_store, record_job_triage
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +119,7 @@ class JobRunner:
         self.source = source or source_pacs(settings)
         self.destination = destination or destination_pacs(settings, source=self.source)
         self.destination_ae = destination_ae(settings)
+        self.triage = make_triage_store(settings)
 
     def __call__(self, job_id: str) -> None:
         me = worker_id()
@@ -204,6 +209,7 @@ class JobRunner:
         run = run_study(
             request, instances, engine=engine, store=self.store, timings_ms={"fetch": fetch_ms}, digests=digests, not_attributed=others
         )
+        record_job_triage(self.triage, self.settings, job, run.document)
         self._cleanup(job)
         return run.summary, {k: float(v) for k, v in run.document["timings_ms"].items()}, version
 
@@ -351,15 +357,21 @@ class EmbeddedWorker:
     """A consumer plus reaper inside another server's process (``cxr serve``, ``cxr scp``)."""
 
     def __init__(self, queue: JobQueue, engine: LazyEngine, settings: Settings) -> None:
-        queue.set_runner(JobRunner(queue=queue, engine=engine, settings=settings))
+        runner = JobRunner(queue=queue, engine=engine, settings=settings)
+        queue.set_runner(runner)
         self.consumer = queue.consumer(embedded=True)
         self.reaper = Reaper(queue, interval_s=max(1.0, settings.lease_s / 2))
+        self.notifier = WebhookNotifier.from_settings(settings, runner.triage)
 
     def start(self) -> None:
         self.consumer.start()
         self.reaper.start()
+        if self.notifier is not None:
+            self.notifier.start()
 
     def stop(self) -> None:
+        if self.notifier is not None:
+            self.notifier.stop()
         self.reaper.stop()
         self.consumer.stop(graceful=True)
 
@@ -374,9 +386,13 @@ def main(args: argparse.Namespace) -> None:
     overrides = {"worker_threads": args.threads} if args.threads else {}
     settings = load_settings(**overrides)
     queue = JobQueue.from_settings(settings)
-    queue.set_runner(JobRunner(queue=queue, engine=LazyEngine(settings), settings=settings))
+    runner = JobRunner(queue=queue, engine=LazyEngine(settings), settings=settings)
+    queue.set_runner(runner)
     reaper = Reaper(queue, interval_s=max(1.0, settings.lease_s / 2))
     reaper.start()
+    notifier = WebhookNotifier.from_settings(settings, runner.triage)
+    if notifier is not None:
+        notifier.start()
     consumer = queue.consumer(embedded=False)
     logger.info("worker on the %s queue %r, %d thread(s)", settings.queue_backend, settings.queue_name, settings.worker_threads)
     # Huey's consumer handles the signals (SIGINT: graceful, SIGTERM: at once). A job cut short
@@ -384,5 +400,7 @@ def main(args: argparse.Namespace) -> None:
     try:
         consumer.run()
     finally:
+        if notifier is not None:
+            notifier.stop()
         reaper.stop()
         queue.close()

@@ -180,6 +180,25 @@ def test_studies_still_queued_are_resubmitted_at_start(setup) -> None:
     assert service.submitted == [("1.1", False)]
 
 
+def test_a_done_job_writes_the_triage_priority_and_a_new_submission_clears_it(setup) -> None:
+    orthanc, service, plugin, _ = setup
+    orthanc.add("a", "1.1", [("CR", 1)])
+    plugin.submit("a", force=False)
+    assert orthanc.meta["a"]["cxr-priority"] == ""
+    service.jobs["job1"].update(state="done", triage_priority="urgent")
+    plugin.poll_jobs()
+    assert orthanc.meta["a"]["cxr-status"] == "done" and orthanc.meta["a"]["cxr-priority"] == "urgent"
+    plugin.submit("a", force=True)
+    assert orthanc.meta["a"]["cxr-status"] == "queued" and orthanc.meta["a"]["cxr-priority"] == ""
+    service.jobs["job2"].update(state="done", triage_priority="unassessed")
+    plugin.poll_jobs()
+    assert orthanc.meta["a"]["cxr-priority"] == "unassessed"
+    plugin.submit("a", force=True)
+    service.jobs["job3"].update(state="failed", error="study 1.1 has no CR or DX instance at the source")
+    plugin.poll_jobs()
+    assert orthanc.meta["a"]["cxr-status"] == "failed" and orthanc.meta["a"]["cxr-priority"] == ""
+
+
 def test_service_config_is_checked() -> None:
     with pytest.raises(ValueError, match="url"):
         ServiceConfig(url="ftp://x", token="t")

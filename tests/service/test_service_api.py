@@ -19,6 +19,7 @@ PROTECTED = [
     ("POST", "/v1/studies"),
     ("GET", "/v1/jobs/0123abcd"),
     ("GET", "/v1/studies/1.2.3/result"),
+    ("GET", "/v1/worklist"),
     ("POST", "/v1/analyze"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),  # open only with CXR_DOCS_PUBLIC=true or in development

@@ -17,13 +17,14 @@ from starlette.concurrency import run_in_threadpool
 import cxr_service
 from cxr_service.api.limits import BodySizeLimit, ConcurrencyLimit
 from cxr_service.api.problems import install_problem_handlers
-from cxr_service.api.routes import analyze, health, jobs, metrics, results
+from cxr_service.api.routes import analyze, health, jobs, metrics, results, worklist
 from cxr_service.api.routes.docs import docs_router
 from cxr_service.engine import AnalysisEngine, LazyEngine
 from cxr_service.jobqueue import JobQueue
 from cxr_service.memory import release_memory
 from cxr_service.settings import Settings
 from cxr_service.worker import EmbeddedWorker
+from cxr_service.worklist import make_triage_store
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.queue = queue or JobQueue.from_settings(settings)
+        app.state.triage = make_triage_store(settings)
         app.state.engine = engine or await run_in_threadpool(AnalysisEngine.load, settings)
         worker = None
         if settings.embedded_worker:
@@ -53,6 +55,7 @@ def create_app(
                 worker.stop()
             if queue is None:
                 app.state.queue.close()
+            app.state.triage.close()
 
     app = FastAPI(
         title="cxr",
@@ -67,7 +70,7 @@ def create_app(
     app.state.settings = settings
     app.state.engine = None
     install_problem_handlers(app)
-    for module in (health, jobs, results, analyze, metrics):
+    for module in (health, jobs, results, analyze, worklist, metrics):
         app.include_router(module.router)
     app.include_router(docs_router(settings))
     # The last added runs first: an oversized body is refused before it waits for a turn.

@@ -12,6 +12,7 @@ from cxr_service.api.problems import Problem
 from cxr_service.engine import AnalysisEngine
 from cxr_service.jobqueue import JobQueue
 from cxr_service.settings import Settings
+from cxr_service.worklist import TriageStore
 
 _bearer = HTTPBearer(auto_error=False, description="CXR_API_TOKEN")
 
@@ -22,6 +23,10 @@ def get_settings(request: Request) -> Settings:
 
 def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
+
+
+def get_triage(request: Request) -> TriageStore:
+    return request.app.state.triage
 
 
 def get_engine(request: Request) -> AnalysisEngine:
@@ -46,5 +51,6 @@ def require_token(
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
+TriageDep = Annotated[TriageStore, Depends(get_triage)]
 EngineDep = Annotated[AnalysisEngine, Depends(get_engine)]
 Authorized = Depends(require_token)

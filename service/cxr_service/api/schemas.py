@@ -53,9 +53,12 @@ class JobOut(BaseModel):
     note: str | None = Field(None, description="e.g. why a finished job did not re-analyse")
     model_version: str | None
     timings_ms: dict[str, float]
+    triage_priority: str | None = Field(
+        None, description="a done job's study: its triage priority (urgent, priority, unassessed, routine) from its latest analysis"
+    )
 
     @classmethod
-    def from_job(cls, job: Job) -> JobOut:
+    def from_job(cls, job: Job, *, triage_priority: str | None = None) -> JobOut:
         return cls(
             id=job.id,
             study_instance_uid=job.study_instance_uid,
@@ -72,6 +75,7 @@ class JobOut(BaseModel):
             note=job.note,
             model_version=job.model_version,
             timings_ms=dict(job.timings_ms),
+            triage_priority=triage_priority,
         )
 
 

@@ -19,6 +19,8 @@ expects each group there to be a planar ROI with a tracking identifier and track
         per skipped image: TEXT "Not analysed" = reason, INFERRED FROM the image (an instance
           whose UIDs cannot be referenced, or that has no SOP Instance UID, gets the TEXT alone)
         with demo weights: TEXT "Demo weights - not for clinical use"
+        the triage: CODE Priority (SCT 260870009) = Urgent / High priority / Routine (SCT), or
+          99CXR CXR012 for a study none of whose images could be analysed
 
 Every instance of the study is in the SR, rejected ones included: their headers (when they could
 be read) give the patient and study attributes, so a study whose images were all rejected still
@@ -326,6 +328,14 @@ def _qualitative_evaluations(result: StudyResult) -> list[hd.sr.ContentItem]:
             hd.sr.TextContentItem(
                 name=codes.DEMO_WEIGHTS,
                 value=NOT_FOR_CLINICAL_USE,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    if result.triage is not None:
+        items.append(
+            hd.sr.CodeContentItem(
+                name=codes.PRIORITY,
+                value=codes.TRIAGE_CODES[str(result.triage.priority)],
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )

@@ -7,11 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from cxr_service.api.deps import Authorized, QueueDep
+from cxr_service.api.deps import Authorized, QueueDep, TriageDep
 from cxr_service.api.problems import Problem, storage_full
 from cxr_service.api.schemas import JobOut, StudyRequest, SubmitOut
 from cxr_service.jobqueue import PRIORITIES
-from cxr_service.jobs import JobKind
+from cxr_service.jobs import JobKind, JobState
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Authorized])
@@ -51,8 +51,11 @@ def submit_study(body: StudyRequest, queue: QueueDep, response: Response) -> Sub
     summary="A job's state, timings and error reason",
     responses={**_PROBLEMS, 404: {"description": "no such job"}},
 )
-def get_job(job_id: Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")], queue: QueueDep) -> JobOut:
+def get_job(
+    job_id: Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")], queue: QueueDep, triage: TriageDep
+) -> JobOut:
     job = queue.store.get(job_id)
     if job is None:
         raise Problem(404, f"no job {job_id}")
-    return JobOut.from_job(job)
+    entry = triage.entry(job.study_instance_uid) if job.state == JobState.DONE else None
+    return JobOut.from_job(job, triage_priority=str(entry.priority) if entry is not None else None)
