@@ -243,8 +243,7 @@ def run_tool(*args: str) -> subprocess.CompletedProcess:
 def test_result_json_document_is_rounded_and_stable(result):
     outputs = {"sr": ["2.25.1"], "gsps": []}
     doc = to_result_json(result, outputs=outputs)
-    assert list(doc) == ["study_instance_uid", "model_version", "study", "images", "outputs", "timings_ms", "triage"]
-    assert doc["triage"] is None  # set by the pipeline (cxr_service.triage)
+    assert list(doc) == ["study_instance_uid", "model_version", "study", "images", "outputs", "timings_ms"]
     assert doc["model_version"] == MODEL_VERSION
     assert doc["study"] == {"label": "typical", "probabilities": STUDY_PROBABILITIES}
     pa, ap, lateral = doc["images"]
@@ -807,3 +806,20 @@ def test_iso_2022_ir_58_escape_sequences_are_read_and_written():
     encodings = convert_encodings(["", "ISO 2022 IR 58"])
     assert str(PersonName(encoded, encodings=encodings)) == "Zhang^XiaoDong=张^小东"
     assert PersonName("Zhang^XiaoDong=张^小东").encode(encodings) == encoded
+
+
+def test_sc_lung_outline_is_the_mask_minus_its_double_scipy_erosion():
+    """The SC's outline (array shifts on the mask's bounding box) is scipy's two-pixel one,
+    masks touching the image border and one-row masks included."""
+    from scipy import ndimage
+
+    from cxr_service.writers.sc import _outline
+
+    rng = np.random.default_rng(7)
+    for index in range(150):
+        rows, columns = (int(v) for v in rng.integers(1, 40, 2))
+        mask = ndimage.binary_dilation(rng.random((rows, columns)) > 0.8, iterations=int(rng.integers(0, 3)))
+        if index % 5 == 0:
+            mask[:] = True
+        expected = mask & ~ndimage.binary_erosion(mask, iterations=2)
+        assert np.array_equal(_outline(mask), expected), index

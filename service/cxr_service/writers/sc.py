@@ -20,7 +20,6 @@ import pydicom
 from cxr_models.imaging import resize
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.uid import ExplicitVRLittleEndian
-from scipy import ndimage
 
 from cxr_service.results import ImageResult, StudyResult
 from cxr_service.uids import KIND_SC, instance_uid, series_uid
@@ -73,9 +72,22 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """One binary erosion by the 4-connected cross, outside the image counting as background
+    (``scipy.ndimage.binary_erosion`` with its defaults, by array shifts: 20 times faster)."""
+    out = mask.copy()
+    out[1:] &= mask[:-1]
+    out[:-1] &= mask[1:]
+    out[:, 1:] &= mask[:, :-1]
+    out[:, :-1] &= mask[:, 1:]
+    out[0] = out[-1] = False
+    out[:, 0] = out[:, -1] = False
+    return out
+
+
 def _outline(mask: np.ndarray) -> np.ndarray:
     """Boundary pixels of a boolean mask (mask minus its erosion), two pixels thick."""
-    return mask & ~ndimage.binary_erosion(mask, iterations=2)
+    return mask & ~_erode(_erode(mask))
 
 
 def render(
@@ -93,9 +105,15 @@ def render(
     scale_y, scale_x = out_rows / rows, out_columns / columns
     resized = (out_rows, out_columns) != (rows, columns)
     grey = resize(display, height=out_rows, width=out_columns) if resized else display
-    grey8 = np.clip(np.rint(np.asarray(grey, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
-    rgb = np.repeat(grey8[:, :, np.newaxis], 3, axis=2)
+    scaled = np.multiply(np.asarray(grey, dtype=np.float32), np.float32(255.0))
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, 255, out=scaled)
+    grey8 = scaled.astype(np.uint8)
+    del scaled
 
+    # One 8-bit plane per channel (the lung outline set in each), merged by PIL: an order of
+    # magnitude faster than repeating the grey plane into an (rows, columns, 3) array.
+    channels = [grey8, grey8, grey8]
     if image.lung_mask is not None:
         if image.lung_mask.shape != (rows, columns):
             raise ValueError(
@@ -105,9 +123,18 @@ def render(
         mask = image.lung_mask
         if resized:
             mask = resize(mask, height=out_rows, width=out_columns, nearest=True)
-        rgb[_outline(mask)] = LUNG_COLOR
+        rows_in, columns_in = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows_in.size:
+            # The outline lies inside the mask's bounding box; what is outside it is background
+            # for the erosion too, so eroding the box alone gives the same outline.
+            box = np.s_[rows_in[0] : rows_in[-1] + 1, columns_in[0] : columns_in[-1] + 1]
+            outline = _outline(mask[box])
+            channels = [grey8.copy() for _ in LUNG_COLOR]
+            for channel, value in zip(channels, LUNG_COLOR):
+                channel[box][outline] = value
+    canvas = Image.merge("RGB", [Image.fromarray(channel, mode="L") for channel in channels])
+    del channels, grey8
 
-    canvas = Image.fromarray(rgb, mode="RGB")
     draw = ImageDraw.Draw(canvas)
     longest = max(out_rows, out_columns)
     line_width = max(1, round(longest / 400))
