@@ -243,7 +243,8 @@ def run_tool(*args: str) -> subprocess.CompletedProcess:
 def test_result_json_document_is_rounded_and_stable(result):
     outputs = {"sr": ["2.25.1"], "gsps": []}
     doc = to_result_json(result, outputs=outputs)
-    assert list(doc) == ["study_instance_uid", "model_version", "study", "images", "outputs", "timings_ms"]
+    assert list(doc) == ["study_instance_uid", "model_version", "study", "images", "outputs", "timings_ms", "triage"]
+    assert doc["triage"] is None  # set by the pipeline (cxr_service.triage)
     assert doc["model_version"] == MODEL_VERSION
     assert doc["study"] == {"label": "typical", "probabilities": STUDY_PROBABILITIES}
     pa, ap, lateral = doc["images"]
