@@ -231,6 +231,14 @@ class CxrPlugin:
         for key, value in values.items():
             self.api.put(f"/studies/{orthanc_id}/metadata/{key.replace('_', '-')}", value)
 
+    def set_priority(self, orthanc_id: str, priority: str) -> None:
+        """``cxr-priority``; an Orthanc whose UserMetadata does not declare it (a configuration
+        older than the triage) loses this key only, never the status."""
+        try:
+            self.set_metadata(orthanc_id, cxr_priority=priority)
+        except Exception as exc:  # noqa: BLE001 - Orthanc refuses an undeclared metadata name
+            logger.warning("cxr: study %s: could not write %s (is it in UserMetadata?): %s", orthanc_id, META_PRIORITY, exc)
+
     def should_analyse(self, orthanc_id: str) -> bool:
         instances = self.cr_dx_instances(orthanc_id)
         if not instances:
@@ -249,7 +257,8 @@ class CxrPlugin:
         # Orthanc's study is one patient's: the service analyses that patient's instances only.
         patient_id = str(study.get("PatientMainDicomTags", {}).get("PatientID", ""))
         fingerprint = self.fingerprint(self.cr_dx_instances(orthanc_id))
-        self.set_metadata(orthanc_id, cxr_status=STATUS_QUEUED, cxr_reason="", cxr_priority="", cxr_instances=fingerprint)
+        self.set_metadata(orthanc_id, cxr_status=STATUS_QUEUED, cxr_reason="", cxr_instances=fingerprint)
+        self.set_priority(orthanc_id, "")
         delay = self.retry_initial_s
         while not self._stop.is_set():
             try:
@@ -282,12 +291,8 @@ class CxrPlugin:
                 continue
             state = job.get("state")
             if state == STATUS_DONE:
-                self.set_metadata(
-                    orthanc_id,
-                    cxr_status=STATUS_DONE,
-                    cxr_reason=str(job.get("note") or ""),
-                    cxr_priority=str(job.get("triage_priority") or ""),
-                )
+                self.set_metadata(orthanc_id, cxr_status=STATUS_DONE, cxr_reason=str(job.get("note") or ""))
+                self.set_priority(orthanc_id, str(job.get("triage_priority") or ""))
             elif state == STATUS_FAILED:
                 self.set_metadata(orthanc_id, cxr_status=STATUS_FAILED, cxr_reason=str(job.get("error") or "failed"))
                 logger.warning("cxr: study %s failed: %s", orthanc_id, job.get("error"))

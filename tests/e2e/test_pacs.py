@@ -59,8 +59,14 @@ def test_c_store_into_orthanc_comes_back_analysed(pacs, phantom_studies) -> None
     # Our own outputs made STABLE_STUDY fire again: no second job.
     with service.client() as c:
         jobs = c.get(f"/v1/studies/{uid}/result").json()
+        worklist = c.get("/v1/worklist", params={"limit": 500}).json()["items"]
     assert jobs["job_id"] == meta["cxr-job"]
     assert "cxr: study" in orthanc.log(), "the plugin logs into Orthanc's log"
+    # The triage priority reaches Orthanc's metadata (UserMetadata declares cxr-priority) and the worklist.
+    priority = jobs["triage"]["priority"]
+    orthanc_id = orthanc.study_id(uid)
+    wait_until(lambda: orthanc.metadata(orthanc_id).get("cxr-priority") == priority, timeout=10, what="cxr-priority")
+    assert [(i["priority"], i["job_id"]) for i in worklist if i["study_instance_uid"] == uid] == [(priority, meta["cxr-job"])]
 
 
 def test_study_sent_while_the_service_is_down_is_analysed_when_it_returns(pacs, phantom_studies) -> None:

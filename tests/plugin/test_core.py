@@ -199,6 +199,25 @@ def test_a_done_job_writes_the_triage_priority_and_a_new_submission_clears_it(se
     assert orthanc.meta["a"]["cxr-status"] == "failed" and orthanc.meta["a"]["cxr-priority"] == ""
 
 
+def test_an_orthanc_without_the_priority_metadata_still_gets_the_status(setup, caplog) -> None:
+    orthanc, service, plugin, _ = setup
+    orthanc.add("a", "1.1", [("CR", 1)])
+    put = orthanc.put
+
+    def refuse_priority(uri: str, body: str) -> None:
+        if uri.endswith("/cxr-priority"):
+            raise RuntimeError("Unknown metadata: cxr-priority")
+        put(uri, body)
+
+    orthanc.put = refuse_priority  # type: ignore[method-assign]
+    plugin.submit("a", force=False)
+    service.jobs["job1"].update(state="done", note="1 of 2 images analysed", triage_priority="urgent")
+    plugin.poll_jobs()
+    assert orthanc.meta["a"]["cxr-status"] == "done" and orthanc.meta["a"]["cxr-reason"] == "1 of 2 images analysed"
+    assert orthanc.meta["a"]["cxr-instances"] and "cxr-priority" not in orthanc.meta["a"]
+    assert "could not write cxr-priority (is it in UserMetadata?)" in caplog.text
+
+
 def test_service_config_is_checked() -> None:
     with pytest.raises(ValueError, match="url"):
         ServiceConfig(url="ftp://x", token="t")
