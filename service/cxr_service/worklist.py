@@ -1,11 +1,13 @@
 """The triage worklist, the triage counters and the webhook outbox, beside the job store.
 
 Each study a job analysed has one :class:`WorklistEntry`: its triage priority, when its job
-arrived (was submitted) and when it was analysed. The worklist is read in priority order, then
-arrival, then Study Instance UID, through keyset pagination: an entry's :attr:`sort_key` is
-``<rank>|<arrival, fixed width>|<study uid>``, whose string order is the worklist order, and a
-cursor is the sort key of the last entry of a page. Studies that arrive while a client pages
-never make it see an entry twice or skip one that was there when it started.
+arrived (was submitted) and when it was analysed. A study is one patient's
+(:func:`cxr_service.patients.study_key`): two patients under one Study Instance UID are two
+entries. The worklist is read in priority order, then arrival, then study, through keyset
+pagination: an entry's :attr:`sort_key` is ``<rank>|<arrival, fixed width>|<study key>``, whose
+string order is the worklist order, and a cursor is the sort key of the last entry of a page.
+Studies that arrive while a client pages never make it see an entry twice or skip one that was
+there when it started (a study analysed again meanwhile shows at its new place).
 
 Recording is idempotent per job (a job run again after its worker died records nothing more)
 and, in the same transaction, counts the analysis under its priority (``cxr_triage_total``) and
@@ -34,17 +36,20 @@ from pathlib import Path
 from typing import Any
 
 from cxr_service.jobs import Job
+from cxr_service.patients import study_key
 from cxr_service.settings import Settings
 from cxr_service.triage import RANK, Priority, at_least
 
 MAX_PAGE = 500
-_SORT_KEY = re.compile(r"^[0-9]\|[0-9]{10}\.[0-9]{6}\|[0-9.]{1,64}$")
+_SORT_KEY = re.compile(r"^[0-9]\|[0-9]{10}\.[0-9]{6}\|[0-9.]{1,64}(/[0-9a-f]{24})?$")
 _HIGH = "~"  # sorts after every sort key (they start with a digit)
 
 
 @dataclass(frozen=True)
 class WorklistEntry:
-    """A study in the worklist: no patient data, only its UID and what triage said."""
+    """A study in the worklist: no patient data, only its UID and what triage said.
+    ``study_key`` tells two patients' studies under one UID apart (a hash, never the Patient ID;
+    by default the UID)."""
 
     study_instance_uid: str
     priority: Priority
@@ -54,9 +59,13 @@ class WorklistEntry:
     study_label: str | None = None
     max_opacity_score: float | None = None
     abnormal_probability: float | None = None
+    study_key: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "priority", Priority(self.priority))
+        object.__setattr__(self, "study_key", self.study_key or self.study_instance_uid)
+        if not self.study_key.startswith(self.study_instance_uid):
+            raise ValueError(f"study_key must be the study's, got {self.study_key!r} for {self.study_instance_uid!r}")
         if not self.study_instance_uid or not self.job_id:
             raise ValueError(f"study_instance_uid and job_id are required, got {self.study_instance_uid!r}, {self.job_id!r}")
         if not 0 <= self.arrived_at < 1e10:
@@ -64,7 +73,7 @@ class WorklistEntry:
 
     @property
     def sort_key(self) -> str:
-        return f"{RANK[self.priority]}|{self.arrived_at:017.6f}|{self.study_instance_uid}"
+        return f"{RANK[self.priority]}|{self.arrived_at:017.6f}|{self.study_key}"
 
     def to_json(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
@@ -167,7 +176,12 @@ class TriageStore(ABC):
         False (nothing changed) when the entry's job was already recorded."""
 
     @abstractmethod
-    def entry(self, study_instance_uid: str) -> WorklistEntry | None: ...
+    def entry(self, key: str) -> WorklistEntry | None:
+        """The entry of a study key (:func:`cxr_service.patients.study_key`)."""
+
+    @abstractmethod
+    def entries(self, study_instance_uid: str) -> list[WorklistEntry]:
+        """Every patient's entry under the UID."""
 
     @abstractmethod
     def page(self, *, limit: int, after: str | None = None, priority: Priority | None = None) -> list[WorklistEntry]:
@@ -215,8 +229,10 @@ class SqliteTriageStore(TriageStore):
         self._connect().executescript(
             """
             PRAGMA journal_mode=WAL;
-            CREATE TABLE IF NOT EXISTS worklist (
-                study_uid TEXT PRIMARY KEY, sort_key TEXT NOT NULL UNIQUE, job_id TEXT NOT NULL, doc TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS triage_worklist (
+                key TEXT PRIMARY KEY, study_uid TEXT NOT NULL, sort_key TEXT NOT NULL UNIQUE, job_id TEXT NOT NULL,
+                doc TEXT NOT NULL);
+            CREATE INDEX IF NOT EXISTS triage_worklist_study ON triage_worklist(study_uid);
             CREATE TABLE IF NOT EXISTS triage_counts (priority TEXT PRIMARY KEY, n INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS triage_notices (
                 id TEXT PRIMARY KEY, state TEXT NOT NULL, next_at REAL NOT NULL, doc TEXT NOT NULL);
@@ -237,12 +253,12 @@ class SqliteTriageStore(TriageStore):
 
     def record(self, entry: WorklistEntry, *, notice: Notice | None = None) -> bool:
         with self._tx() as db:
-            row = db.execute("SELECT job_id FROM worklist WHERE study_uid = ?", (entry.study_instance_uid,)).fetchone()
+            row = db.execute("SELECT job_id FROM triage_worklist WHERE key = ?", (entry.study_key,)).fetchone()
             if row is not None and row[0] == entry.job_id:
                 return False
             db.execute(
-                "INSERT OR REPLACE INTO worklist VALUES (?, ?, ?, ?)",
-                (entry.study_instance_uid, entry.sort_key, entry.job_id, json.dumps(entry.to_json())),
+                "INSERT OR REPLACE INTO triage_worklist VALUES (?, ?, ?, ?, ?)",
+                (entry.study_key, entry.study_instance_uid, entry.sort_key, entry.job_id, json.dumps(entry.to_json())),
             )
             db.execute(
                 "INSERT INTO triage_counts VALUES (?, 1) ON CONFLICT(priority) DO UPDATE SET n = n + 1", (str(entry.priority),)
@@ -254,16 +270,22 @@ class SqliteTriageStore(TriageStore):
                 )
         return True
 
-    def entry(self, study_instance_uid: str) -> WorklistEntry | None:
-        row = self._connect().execute("SELECT doc FROM worklist WHERE study_uid = ?", (study_instance_uid,)).fetchone()
+    def entry(self, key: str) -> WorklistEntry | None:
+        row = self._connect().execute("SELECT doc FROM triage_worklist WHERE key = ?", (key,)).fetchone()
         return WorklistEntry.from_json(json.loads(row[0])) if row else None
+
+    def entries(self, study_instance_uid: str) -> list[WorklistEntry]:
+        rows = self._connect().execute(
+            "SELECT doc FROM triage_worklist WHERE study_uid = ? ORDER BY key", (study_instance_uid,)
+        ).fetchall()
+        return [WorklistEntry.from_json(json.loads(r[0])) for r in rows]
 
     def page(self, *, limit: int, after: str | None = None, priority: Priority | None = None) -> list[WorklistEntry]:
         low, inclusive, high = _bounds(after, priority)
         rows = (
             self._connect()
             .execute(
-                f"SELECT doc FROM worklist WHERE sort_key {'>=' if inclusive else '>'} ? AND sort_key < ? ORDER BY sort_key LIMIT ?",
+                f"SELECT doc FROM triage_worklist WHERE sort_key {'>=' if inclusive else '>'} ? AND sort_key < ? ORDER BY sort_key LIMIT ?",
                 (low, high, int(limit)),
             )
             .fetchall()
@@ -351,7 +373,7 @@ class RedisTriageStore(TriageStore):
         return ":".join((self.prefix, *parts))
 
     def record(self, entry: WorklistEntry, *, notice: Notice | None = None) -> bool:
-        key = self._k("worklist-entry", entry.study_instance_uid)
+        key = self._k("worklist-entry", entry.study_key)
         with self.client.pipeline() as pipe:
             while True:
                 try:
@@ -366,6 +388,7 @@ class RedisTriageStore(TriageStore):
                         pipe.zrem(self._k("worklist"), old.sort_key)
                     pipe.zadd(self._k("worklist"), {entry.sort_key: 0})
                     pipe.set(key, json.dumps(entry.to_json()))
+                    pipe.sadd(self._k("worklist-study", entry.study_instance_uid), entry.study_key)
                     pipe.hincrby(self._k("triage-counts"), str(entry.priority), 1)
                     if notice is not None:
                         pipe.set(self._k("notice", notice.id), json.dumps(notice.to_json()))
@@ -376,9 +399,14 @@ class RedisTriageStore(TriageStore):
                 except self._redis_module.WatchError:
                     continue
 
-    def entry(self, study_instance_uid: str) -> WorklistEntry | None:
-        raw = self.client.get(self._k("worklist-entry", study_instance_uid))
+    def entry(self, key: str) -> WorklistEntry | None:
+        raw = self.client.get(self._k("worklist-entry", key))
         return WorklistEntry.from_json(json.loads(raw)) if raw else None
+
+    def entries(self, study_instance_uid: str) -> list[WorklistEntry]:
+        keys = sorted(self.client.smembers(self._k("worklist-study", study_instance_uid)))
+        raws = self.client.mget([self._k("worklist-entry", k) for k in keys]) if keys else []
+        return [WorklistEntry.from_json(json.loads(r)) for r in raws if r]
 
     def page(self, *, limit: int, after: str | None = None, priority: Priority | None = None) -> list[WorklistEntry]:
         low, inclusive, high = _bounds(after, priority)
@@ -465,6 +493,7 @@ def record_job_triage(store: TriageStore, settings: Settings, job: Job, document
         return None
     entry = WorklistEntry(
         study_instance_uid=job.study_instance_uid,
+        study_key=study_key(job.study_instance_uid, document.get("patient_id", job.patient_id)),
         priority=Priority(triage["priority"]),
         job_id=job.id,
         arrived_at=job.created_at,

@@ -314,6 +314,23 @@ def test_worklist_order_under_concurrent_arrivals_and_reanalyses(triage_store) -
     assert [e.study_instance_uid for e in urgent] == expected_order([e for e in recorded.values() if e.priority == Priority.URGENT])
 
 
+def test_two_patients_under_one_uid_are_two_studies_of_the_worklist(triage_store) -> None:
+    from cxr_service.patients import study_key
+
+    store = triage_store
+    uid = "1.2.826.0.1.3680043.8.498.4242"
+    first = WorklistEntry(uid, Priority.ROUTINE, uuid.uuid4().hex, 1733100000.0, 1733100001.0, study_key=study_key(uid, "P1"))
+    second = WorklistEntry(uid, Priority.URGENT, uuid.uuid4().hex, 1733100002.0, 1733100003.0, study_key=study_key(uid, "P2"))
+    assert store.record(first) and store.record(second)
+    assert full_pass(store, limit=1) == [second, first]
+    assert sorted(store.entries(uid), key=lambda e: e.job_id) == sorted([first, second], key=lambda e: e.job_id)
+    assert store.entry(first.study_key) == first and store.entry(uid) is None
+    again = dataclasses.replace(first, job_id=uuid.uuid4().hex, priority=Priority.PRIORITY, arrived_at=1733100004.0)
+    assert store.record(again)
+    assert full_pass(store, limit=1) == [second, again], "a patient's study analysed again replaces only its own entry"
+    assert decode_cursor(encode_cursor(again.sort_key)) == again.sort_key and "P1" not in json.dumps(again.to_json())
+
+
 def test_cursors_are_checked() -> None:
     key = entry(1, Priority.PRIORITY, arrived_at=1733100000.5).sort_key
     assert key == "1|1733100000.500000|1.2.826.0.1.3680043.8.498.2"
@@ -516,6 +533,9 @@ def test_a_job_records_its_triage_everywhere_and_the_worker_never_waits_for_the_
             (STUDY_UID, Priority.UNASSESSED, jobs[STUDY_UID].id),
         ]
         assert worklist[0].arrived_at == jobs[uid].created_at and worklist[0].study_label == analysed["study"]["label"]
+        from cxr_service.patients import study_key
+
+        assert worklist[0].study_key == study_key(uid, str(datasets[0].PatientID)), "one patient's study"
         assert runner.triage.counts() == {"urgent": 1, "priority": 0, "unassessed": 1, "routine": 0}
 
         notifier = WebhookNotifier.from_settings(settings, runner.triage)

@@ -128,7 +128,8 @@ def test_the_worklist_in_order_while_studies_arrive(deployment) -> None:
     items, count = pages(service, limit=7)
     assert [i["study_instance_uid"] for i in items] == order(recorded.values())
     assert count == -(-len(recorded) // 7), "no empty last page"
-    assert items[0] == recorded[items[0]["study_instance_uid"]].to_json()
+    first = recorded[items[0]["study_instance_uid"]].to_json()
+    assert items[0] == {k: v for k, v in first.items() if k != "study_key"}, "the key is internal"
     urgent, _ = pages(service, limit=5, priority="urgent")
     assert [i["study_instance_uid"] for i in urgent] == order(e for e in recorded.values() if e.priority == Priority.URGENT)
 
@@ -152,9 +153,21 @@ def test_a_done_job_reports_its_study_triage_priority(deployment) -> None:
         jobs.finish(done.id, worker="test", state=JobState.DONE)
         now = time.time()
         triage.record(WorklistEntry(done.study_instance_uid, Priority.URGENT, done.id, done.created_at, now))
+        # Two patients under one UID: each done job answers its own study's priority.
+        from cxr_service.patients import study_key
+
+        uid = "1.2.826.0.1.3680043.8.498.73"
+        by_patient = {}
+        for patient, priority in (("P1", Priority.ROUTINE), ("P2", Priority.PRIORITY)):
+            job, _ = jobs.insert_unless_active(Job.new(study_instance_uid=uid, kind=JobKind.DICOMWEB, patient_id=patient))
+            jobs.claim(job.id, worker="test", lease_s=30)
+            jobs.finish(job.id, worker="test", state=JobState.DONE)
+            triage.record(WorklistEntry(uid, priority, job.id, job.created_at, now, study_key=study_key(uid, patient)))
+            by_patient[job.id] = str(priority)
         with service.client() as c:
             assert c.get(f"/v1/jobs/{done.id}").json()["triage_priority"] == "urgent"
             assert c.get(f"/v1/jobs/{queued.id}").json()["triage_priority"] is None
+            assert {j: c.get(f"/v1/jobs/{j}").json()["triage_priority"] for j in by_patient} == by_patient
     finally:
         jobs.close()
         triage.close()

@@ -11,7 +11,8 @@ from cxr_service.api.deps import Authorized, QueueDep, TriageDep
 from cxr_service.api.problems import Problem, storage_full
 from cxr_service.api.schemas import JobOut, StudyRequest, SubmitOut
 from cxr_service.jobqueue import PRIORITIES
-from cxr_service.jobs import JobKind, JobState
+from cxr_service.jobs import Job, JobKind, JobState
+from cxr_service.worklist import TriageStore, WorklistEntry
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Authorized])
@@ -57,5 +58,16 @@ def get_job(
     job = queue.store.get(job_id)
     if job is None:
         raise Problem(404, f"no job {job_id}")
-    entry = triage.entry(job.study_instance_uid) if job.state == JobState.DONE else None
+    entry = _triage_entry(triage, job) if job.state == JobState.DONE else None
     return JobOut.from_job(job, triage_priority=str(entry.priority) if entry is not None else None)
+
+
+def _triage_entry(triage: TriageStore, job: Job) -> WorklistEntry | None:
+    """The worklist entry of a done job's study: the one this job recorded, else its patient's
+    (a job that found the study already analysed), else the UID's only one."""
+    entries = triage.entries(job.study_instance_uid)
+    return (
+        next((e for e in entries if e.job_id == job.id), None)
+        or next((e for e in entries if e.study_key == job.key), None)
+        or (entries[0] if len(entries) == 1 else None)
+    )
