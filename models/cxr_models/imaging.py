@@ -33,8 +33,14 @@ def _first(value: object) -> float | None:
         return None
 
 
-def _robust_minmax(values: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(values, [0.5, 99.5])
+# Pixels per block when the stored values are counted and looked up: bounds the temporaries
+# (one index array of the block) whatever the image size.
+_BLOCK_PIXELS = 1 << 18
+_PERCENTILES = (0.5, 99.5)
+
+
+def _robust_minmax(values: np.ndarray, percentiles=None) -> np.ndarray:
+    lo, hi = np.percentile(values, list(_PERCENTILES)) if percentiles is None else percentiles(values)
     if hi <= lo:
         lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
@@ -47,6 +53,12 @@ def display_array(ds: pydicom.Dataset, pixels: np.ndarray | None = None) -> np.n
 
     ``pixels`` may pass an already decoded ``ds.pixel_array`` to avoid decoding twice.
     Raises ValueError when the dataset is not single-frame greyscale.
+
+    Integer pixels of 8 or 16 bits (every image ingest accepts) go through a lookup table: the
+    grey-level transform is computed in float64 once per stored value present in the image, and
+    the image is mapped through the table in blocks, so the only full-size array made is the
+    float32 result (an 8000 x 8000 image no longer makes float64 copies of 512 MB). The values
+    are those of the transform applied to the whole image; other pixel types take that path.
     """
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -54,6 +66,17 @@ def display_array(ds: pydicom.Dataset, pixels: np.ndarray | None = None) -> np.n
     arr = ds.pixel_array if pixels is None else pixels
     if arr.ndim != 2:
         raise ValueError(f"expected a single-frame greyscale image, got pixel array shape {arr.shape}")
+    if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2:
+        return _display_by_lookup(ds, arr, photometric)
+    return _transform(ds, arr, photometric)
+
+
+def _transform(ds: pydicom.Dataset, arr: np.ndarray, photometric: str, percentiles=None) -> np.ndarray:
+    """The grey-level transform of stored values ``arr`` (any shape), float32 in [0, 1].
+
+    ``percentiles`` (values -> (0.5th, 99.5th) percentile) replaces ``np.percentile`` of the
+    values when ``arr`` holds each stored value once and the image's counts are elsewhere.
+    """
     modality = apply_modality_lut(arr, ds)
     if modality.dtype.kind == "f" and np.array_equal(modality, np.round(modality)):
         # Integral modality values: LUT lookups (VOI LUT Sequence) index them as integers.
@@ -68,7 +91,7 @@ def display_array(ds: pydicom.Dataset, pixels: np.ndarray | None = None) -> np.n
             windowed = apply_voi_lut(modality, ds, index=0).astype(np.float64)
         except (ValueError, AttributeError, IndexError, KeyError) as exc:
             logger.warning("VOI LUT could not be applied (%s); using robust min/max", exc)
-            out = _robust_minmax(values)
+            out = _robust_minmax(values, percentiles)
         else:
             if has_voi_sequence:
                 bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
@@ -78,7 +101,7 @@ def display_array(ds: pydicom.Dataset, pixels: np.ndarray | None = None) -> np.n
                 lo, hi = center - width / 2.0, center + width / 2.0
                 out = np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
     else:
-        out = _robust_minmax(values)
+        out = _robust_minmax(values, percentiles)
 
     # MONOCHROME1 and Presentation LUT Shape INVERSE each mean "low values display white". DX For
     # Presentation requires INVERSE alongside MONOCHROME1: the two describe ONE inversion, never two.
@@ -86,6 +109,63 @@ def display_array(ds: pydicom.Dataset, pixels: np.ndarray | None = None) -> np.n
     if photometric == "MONOCHROME1" or shape == "INVERSE":
         out = 1.0 - out
     return out
+
+
+def _table_index(block: np.ndarray) -> np.ndarray:
+    """Table positions of stored values: the value itself, signed values shifted to start at 0."""
+    if block.dtype.kind == "i":
+        unsigned = np.dtype(f"u{block.dtype.itemsize}")
+        return block.view(unsigned) ^ unsigned.type(1 << (8 * block.dtype.itemsize - 1))
+    return block
+
+
+def _display_by_lookup(ds: pydicom.Dataset, arr: np.ndarray, photometric: str) -> np.ndarray:
+    """:func:`_transform` of every stored value present in ``arr``, then ``arr`` through that table."""
+    size = 1 << (8 * arr.dtype.itemsize)
+    rows_per_block = max(1, _BLOCK_PIXELS // max(1, arr.shape[1]))
+    counts = np.zeros(size, dtype=np.int64)
+    for start in range(0, arr.shape[0], rows_per_block):
+        counts += np.bincount(_table_index(arr[start : start + rows_per_block]).ravel(), minlength=size)
+    positions = np.flatnonzero(counts)
+    shift = -int(np.iinfo(arr.dtype).min)
+    present = (positions - shift).astype(arr.dtype)
+
+    def percentiles(values: np.ndarray) -> tuple[float, float]:
+        return _weighted_percentiles(values, counts[positions])
+
+    table = np.zeros(size, dtype=np.float32)
+    table[positions] = _transform(ds, present, photometric, percentiles)
+    out = np.empty(arr.shape, dtype=np.float32)
+    for start in range(0, arr.shape[0], rows_per_block):
+        stop = start + rows_per_block
+        np.take(table, _table_index(arr[start:stop]), out=out[start:stop])
+    return out
+
+
+def _weighted_percentiles(values: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
+    """``np.percentile(image, [0.5, 99.5])`` (its default linear method, step for step) of an
+    image holding ``counts[i]`` pixels of value ``values[i]``."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    cumulative = np.cumsum(counts[order])
+    n = int(cumulative[-1])
+
+    def at(rank: int) -> np.float64:
+        return ordered[np.searchsorted(cumulative, rank, side="right")]
+
+    result = []
+    for q in np.true_divide(np.asarray(_PERCENTILES, dtype=np.float64), 100):
+        virtual = (n - 1) * q
+        if virtual >= n - 1:
+            a = b = ordered[-1]
+            gamma = np.float64(0.0)
+        else:
+            previous = int(np.floor(virtual))
+            a, b = at(previous), at(previous + 1)
+            gamma = virtual - previous
+        diff = b - a
+        result.append(float(b - diff * (1 - gamma)) if gamma >= 0.5 else float(a + diff * gamma))
+    return result[0], result[1]
 
 
 def read_dicom_display(path: Path | str) -> np.ndarray:
@@ -130,7 +210,7 @@ def resize(image: np.ndarray, *, height: int, width: int, nearest: bool = False)
         pil = Image.fromarray(image.astype(np.uint8) * 255)
         out = pil.resize((width, height), Image.NEAREST if nearest else Image.BILINEAR)
         return np.asarray(out) >= 128
-    pil = Image.fromarray(image.astype(np.float32), mode="F")
+    pil = Image.fromarray(image.astype(np.float32, copy=False), mode="F")
     out = pil.resize((width, height), Image.NEAREST if nearest else Image.BILINEAR)
     return np.asarray(out, dtype=np.float32)
 

@@ -379,9 +379,11 @@ def _ingest(ds: Dataset, *, source: str, limits: IngestLimits, owned: bool = Fal
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
         return _reject(source=source, header=ds, reason=f"unusable grey-level transform: {_describe(exc)}")
     del pixels
-    if not np.all(np.isfinite(display)):
+    # NaN and infinities show in the minimum or maximum: two reductions, no full-size mask.
+    lowest, highest = float(display.min()), float(display.max())
+    if not (math.isfinite(lowest) and math.isfinite(highest)):
         return _reject(source=source, header=ds, reason="unusable grey-level transform: non-finite display values")
-    if float(display.max()) - float(display.min()) < _BLANK_RANGE:
+    if highest - lowest < _BLANK_RANGE:
         return _reject(source=source, header=ds, reason="blank image (every pixel displays the same grey level)")
 
     sop_class = _sop_class(ds) or ""
