@@ -114,8 +114,11 @@ def test_every_output_validates_and_round_trips(first_run: tuple[Path, dict]) ->
         points = list(region.GraphicData)
         assert len(points) == 10 and points[:2] == points[-2:]
     for path in (folder / "seg").glob("*.dcm"):
-        seg = hd.seg.segread(path)
-        assert seg.number_of_segments == 2
+        # Read with pydicom: highdicom 0.28's reader wants a Slice Thickness that a projection
+        # image's SEG does not have (tests/service/test_writers.py::read_seg).
+        seg = pydicom.dcmread(path)
+        assert len(seg.SegmentSequence) == 2
+        assert "PixelMeasuresSequence" in seg.SharedFunctionalGroupsSequence[0], "OHIF opens a SEG only with one"
     for path in (folder / "gsps").glob("*.dcm"):
         gsps = pydicom.dcmread(path)
         assert gsps.SOPClassUID == pydicom.uid.GrayscaleSoftcopyPresentationStateStorage

@@ -445,11 +445,22 @@ def test_gsps_passes_dcmpschk(written):
 # --- SEG -----------------------------------------------------------------------------------------
 
 
+def read_seg(path: Path) -> hd.seg.Segmentation:
+    """highdicom 0.28's reader requires Slice Thickness beside Pixel Spacing in Pixel Measures,
+    which DICOM does not for a SEG without a frame of reference (CP 1426): a projection image
+    has no slice thickness. Checked here, then given one for the reader."""
+    ds = pydicom.dcmread(path)
+    measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert "SliceThickness" not in measures and "FrameOfReferenceUID" not in ds
+    measures.SliceThickness = 1
+    return hd.seg.Segmentation.from_dataset(ds)
+
+
 def test_seg_round_trip(written, result):
     paths = written[KIND_SEG]
     assert len(paths) == 2
     for path, image in zip(paths, result.analysed_images):
-        seg = hd.seg.segread(path)
+        seg = read_seg(path)
         assert seg.SegmentationType == "BINARY" and seg.number_of_segments == 2
         pixels = seg.get_pixels_by_source_instance(
             source_sop_instance_uids=[image.sop_instance_uid], combine_segments=False
@@ -463,6 +474,9 @@ def test_seg_round_trip(written, result):
         assert lungs.algorithm_identification[0].AlgorithmName == "cxr"
         assert lungs.algorithm_identification[0].AlgorithmVersion == MODEL_VERSION
         assert seg.SourceImageSequence[0].ReferencedSOPInstanceUID == image.sop_instance_uid
+        # OHIF 3.13 opens a SEG only with a Pixel Measures item: the source's Imager Pixel Spacing.
+        measures = pydicom.dcmread(path).SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+        assert [float(v) for v in measures.PixelSpacing] == [0.2, 0.2]
 
 
 # --- SC ------------------------------------------------------------------------------------------

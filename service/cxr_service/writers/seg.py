@@ -131,6 +131,39 @@ def _set_dimension_organization_uid(seg: hd.seg.Segmentation, uid: str) -> None:
             item.DimensionOrganizationUID = uid
 
 
+# OHIF 3.13 (its SEG viewport and cornerstone's SEG adapter) opens a SEG only when its Shared
+# Functional Groups hold a Pixel Measures item and a Plane Orientation: without the first its
+# viewport fails ("Cannot destructure property 'PixelMeasuresSequence'"), without the second the
+# adapter does ("reading 'ImageOrientationPatient'"). highdicom writes neither for a CR/DX, which
+# has no frame of reference; DICOM allows both there (they are required only with one).
+PROJECTION_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def _pixel_measures(ds: pydicom.Dataset) -> hd.PixelMeasuresSequence | None:
+    """The Pixel Measures to give highdicom: None when the source has a Pixel Spacing (highdicom
+    copies it), else its Imager Pixel Spacing, the spacing viewers show a CR/DX with (an invalid
+    ``0\\0`` was left out of the source). A source with neither gets none: a SEG states no
+    spacing its source does not (and OHIF does not open it)."""
+    if "PixelSpacing" in ds or "ImagerPixelSpacing" not in ds:
+        return None
+    return hd.PixelMeasuresSequence(pixel_spacing=[float(v) for v in ds.ImagerPixelSpacing], slice_thickness=None)
+
+
+def _add_projection_orientation(seg: hd.seg.Segmentation) -> None:
+    """A SEG without a frame of reference (a projection image's) gets the orientation viewers
+    give its source, the pixel grid's rows and columns (:data:`PROJECTION_ORIENTATION`): with no
+    frame of reference it places nothing in the patient, but OHIF needs it (see above)."""
+    if "FrameOfReferenceUID" in seg:
+        return
+    shared = seg.SharedFunctionalGroupsSequence
+    if len(shared) == 0:
+        shared.append(pydicom.Dataset())
+    if "PlaneOrientationSequence" not in shared[0]:
+        item = pydicom.Dataset()
+        item.ImageOrientationPatient = list(PROJECTION_ORIENTATION)
+        shared[0].PlaneOrientationSequence = [item]
+
+
 def seg_for_image(
     result: StudyResult,
     image: ImageResult,
@@ -152,6 +185,7 @@ def seg_for_image(
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
+        pixel_measures=_pixel_measures(ds),
         series_instance_uid=series_uid(study_uid=result.study_instance_uid, model_version=algorithm.version, kind=KIND_SEG),
         series_number=SERIES_NUMBERS[KIND_SEG],
         sop_instance_uid=instance_uid(source_uid=image.sop_instance_uid, model_version=algorithm.version, kind=KIND_SEG),
@@ -174,6 +208,7 @@ def seg_for_image(
     _set_dimension_organization_uid(
         seg, derive_uid(source_uid=image.sop_instance_uid, model_version=algorithm.version, kind="seg/dimensions")
     )
+    _add_projection_orientation(seg)
     if "PatientOrientation" not in seg:
         # Type 2C in General Image when there is no plane orientation (projection radiograph).
         seg.PatientOrientation = ds.get("PatientOrientation") or None
