@@ -17,6 +17,18 @@
 // (annotation UIDs = the SR's Tracking Unique Identifiers, colours, outline points in
 // screenshot pixels), the viewport rectangle, the SR measurement count, console errors.
 // Exits 1 with a message on stderr when something is missing.
+//
+// Two more modes, for the other outputs:
+//
+//   --mode series --modality OT   open the study's series of that modality (our Secondary
+//                                 Capture: Modality OT) by double-clicking its thumbnail, wait
+//                                 until it is rendered and screenshot it. The study's first
+//                                 image may stay black (OHIF 3.13 renders a CR whose Pixel
+//                                 Spacing is 0\0 black): its fill is reported, not required.
+//   --mode seg                    open the SEG (double-click), answer Yes to OHIF's "open this
+//                                 segmentation?" prompt, wait until the labelmap is drawn over
+//                                 the referenced image, and screenshot it; --before-out is the
+//                                 referenced image before the SEG was loaded.
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -25,7 +37,8 @@ import { parseArgs } from 'node:util';
 
 const USAGE =
   'usage: node screenshot.mjs --url URL --study UID --user U --password P --out FILE.png ' +
-  '[--before-out FILE.png] [--sr-series NUMBER] [--chromium PATH] [--timeout SECONDS] [--width W --height H]';
+  '[--before-out FILE.png] [--sr-series NUMBER] [--mode sr|series|seg] [--modality OT] ' +
+  '[--chromium PATH] [--timeout SECONDS] [--width W --height H]';
 
 const CHROMIUM_FLAGS = [
   '--headless',
@@ -59,6 +72,8 @@ function getOptions() {
         out: { type: 'string' },
         'before-out': { type: 'string' },
         'sr-series': { type: 'string' },
+        mode: { type: 'string', default: 'sr' },
+        modality: { type: 'string', default: 'OT' },
         chromium: { type: 'string', default: process.env.CHROMIUM_PATH || '/usr/bin/chromium' },
         timeout: { type: 'string', default: '90' },
         width: { type: 'string', default: '1600' },
@@ -77,6 +92,9 @@ function getOptions() {
     if (!values[name]) {
       fail(`--${name} is required\n${USAGE}`);
     }
+  }
+  if (!['sr', 'series', 'seg'].includes(values.mode)) {
+    fail(`--mode must be sr, series or seg\n${USAGE}`);
   }
   return {
     ...values,
@@ -151,6 +169,47 @@ function canvasFill(page) {
   });
 }
 
+/** Share of sampled viewport-canvas pixels that are coloured (max - min channel > 60): a grey
+ * radiograph and OHIF's dark interface have none; a segmentation overlay or burned-in graphics do. */
+function canvasColour(page) {
+  return page.evaluate(() => {
+    const canvas = document.querySelector('.cornerstone-canvas');
+    if (!canvas || !canvas.width || !canvas.height) {
+      return 0;
+    }
+    const { data } = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+    let coloured = 0;
+    let total = 0;
+    for (let i = 0; i < data.length; i += 4 * 31) {
+      total += 1;
+      const [r, g, b] = [data[i], data[i + 1], data[i + 2]];
+      if (Math.max(r, g, b) - Math.min(r, g, b) > 60) {
+        coloured += 1;
+      }
+    }
+    return coloured / total;
+  });
+}
+
+/** The study browser's thumbnail of the first series of `modality` (and series number, if given). */
+async function findThumbnail(page, modality, seriesNumber, timeoutMs, report) {
+  return waitFor(
+    async () => {
+      for (const thumb of await page.$$('[data-cy^="study-browser-thumbnail"]')) {
+        const label = await thumb.$eval('[data-cy="series-modality-label"]', el => el.textContent.trim()).catch(() => null);
+        const series = await thumb.evaluate(el => el.getAttribute('data-series'));
+        if (label === modality && (!seriesNumber || series === seriesNumber)) {
+          report.opened_series_number = series;
+          return thumb;
+        }
+      }
+      return null;
+    },
+    timeoutMs,
+    `a ${modality} series${seriesNumber ? ` numbered ${seriesNumber}` : ''} in the study browser`,
+  );
+}
+
 /** What the SR drawing put in the viewport's SVG layer, in page (= screenshot) pixels. */
 function drawnAnnotations(page) {
   return page.evaluate(() => {
@@ -208,6 +267,55 @@ function srMeasurements(page) {
   });
 }
 
+/** --mode series / seg: open the output series and wait for it to be drawn (see the header). */
+async function openOtherOutput(page, opts, report) {
+  const modality = opts.mode === 'seg' ? 'SEG' : opts.modality;
+  const thumb = await findThumbnail(page, modality, null, Math.min(opts.timeoutMs, 30000), report);
+  await thumb.click({ count: 2 });
+  if (opts.mode === 'seg') {
+    // OHIF asks whether to open the segmentation; Yes loads it as a labelmap over the image.
+    const yes = await waitFor(() => page.$('[data-cy="yes-hydrate-btn"]'), 20000, "OHIF's prompt to open the SEG").catch(err => {
+      report.hydrate_prompt_error = err.message;
+      return null;
+    });
+    if (yes) {
+      report.hydrate_prompt = true;
+      await yes.click();
+    }
+    const coloured = async () => (await canvasFill(page)) > 0.05 && (await canvasColour(page)) > 0.01;
+    let drawn = await waitFor(coloured, 15000, 'the segmentation overlay').catch(() => false);
+    if (!drawn) {
+      report.render_nudge = 'mouse';
+      const r = await viewportRect(page);
+      await page.mouse.move(r.x + r.width / 2, r.y + r.height / 2);
+      await page.mouse.move(r.x + r.width / 2 + 15, r.y + r.height / 2 + 10, { steps: 5 });
+      await waitFor(coloured, 10000, 'the segmentation overlay to be drawn on the image');
+    }
+  } else {
+    await waitFor(async () => (await canvasFill(page)) > 0.05, opts.timeoutMs, `the ${modality} series to be rendered`);
+  }
+  await sleep(1000); // let the last render settle
+  await dismissOverlays(page, report);
+  report.viewport = await viewportRect(page);
+  report.image_fill = Number((await canvasFill(page)).toFixed(3));
+  report.image_colour = Number((await canvasColour(page)).toFixed(4));
+  report.segmentations = await page.evaluate(() => {
+    try {
+      return window.services.segmentationService.getSegmentations().map(s => ({
+        id: s.segmentationId,
+        label: s.label,
+        segments: Object.values(s.segments || {}).filter(Boolean).map(x => ({ index: x.segmentIndex, label: x.label })),
+      }));
+    } catch {
+      return null;
+    }
+  });
+  if (report.image_fill < 0.05) {
+    fail(`the viewport is black after opening the ${modality} series`);
+  }
+  await page.screenshot({ path: opts.out });
+}
+
 async function run(opts) {
   if (!fs.existsSync(opts.chromium)) {
     fail(`no Chromium at ${opts.chromium}: apt-get install chromium (or pass --chromium PATH)`);
@@ -259,22 +367,31 @@ async function run(opts) {
       fail(`GET ${report.url} answered ${response ? response.status() : 'nothing'}` + (response?.status() === 401 ? ' (wrong user or password?)' : ''));
     }
 
-    // The image: a canvas with something on it, and OHIF's window/level overlay.
+    // The image: a canvas with something on it, and OHIF's window/level overlay. In the series
+    // mode the study's first image may stay black (a Pixel Spacing of 0\0): the overlay suffices.
+    const blackFirstAllowed = opts.mode === 'series';
     await waitFor(
       async () => {
         await dismissOverlays(page, report);
-        return (await canvasFill(page)) > 0.05 && (await page.$('[data-cy="viewport-overlay-bottom-left"] span'));
+        const lit = blackFirstAllowed || (await canvasFill(page)) > 0.05;
+        return lit && (await page.$('[data-cy="viewport-overlay-bottom-left"] span'));
       },
       opts.timeoutMs,
       'the image to be rendered in the viewport',
     );
-    await sleep(500);
+    await sleep(blackFirstAllowed ? 3000 : 500); // a black first image: give it time to be drawn, if it ever is
     await dismissOverlays(page, report);
     report.viewport = await viewportRect(page);
     report.image_fill = Number((await canvasFill(page)).toFixed(3));
+    report.first_image_fill = report.image_fill;
+    report.first_image_colour = Number((await canvasColour(page)).toFixed(4));
     if (opts['before-out']) {
       await page.screenshot({ path: opts['before-out'] });
       report.before = await drawnAnnotations(page);
+    }
+    if (opts.mode !== 'sr') {
+      await openOtherOutput(page, opts, report);
+      return report;
     }
 
     // The SR series in the study browser.

@@ -230,3 +230,152 @@ def test_viewer_draws_the_sr_boxes_on_the_image(viewer_stack, phantom_studies, t
                 continue  # too short to judge a dashed line
             share = edge_hits(mask, a, b)
             assert share >= 0.3, f"ROI {roi['uid']}: overlay colour on only {share:.0%} of the edge {a.round(1)}-{b.round(1)}"
+
+
+# --- the SEG overlay, and the Secondary Capture of an image OHIF cannot show ------------------
+
+
+def run_mode(url: str, study_uid: str, out: Path, before: Path, *mode: str) -> dict:
+    """screenshot.mjs in one of its other modes (``--mode seg`` or ``--mode series --modality OT``)."""
+    argv = [
+        "node", str(VIEWER / "screenshot.mjs"), "--url", url, "--study", study_uid,
+        "--user", ORTHANC_USER, "--password", ORTHANC_PASSWORD, "--out", str(out), "--before-out", str(before), *mode,
+    ]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode == 0, f"screenshot.mjs {' '.join(mode)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}\n{proc.stdout[-2000:]}"
+    return json.loads(proc.stdout)
+
+
+def keep_artifacts(name: str, out: Path, before: Path, report: dict) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out, ARTIFACTS / f"{name}.png")
+    shutil.copyfile(before, ARTIFACTS / f"{name}-before.png")
+    (ARTIFACTS / f"{name}.json").write_text(json.dumps(report, indent=2))
+
+
+def coloured(rgb: np.ndarray) -> np.ndarray:
+    """Bright red or green pixels (the SEG's segments, the SC's outlines): a grey radiograph has
+    no colour, and OHIF's own overlay icons and text on the viewport are blue."""
+    channels = rgb.astype(int)
+    r, g, b = channels[..., 0], channels[..., 1], channels[..., 2]
+    return (channels.max(axis=-1) - channels.min(axis=-1) > 40) & (channels.max(axis=-1) > 90) & (b < np.maximum(r, g))
+
+
+def store_study(orthanc, paths: list[Path], *, salt: str, pixel_spacing: list[float] | None = None) -> str:
+    """The files as a new study (new UIDs) in Orthanc, optionally with another Pixel Spacing;
+    returns its StudyInstanceUID once its SR, GSPS, SEG and SC are stored."""
+    from pydicom.uid import generate_uid
+
+    from tests.service.procs import relabelled
+
+    study_uid = generate_uid(entropy_srcs=["viewer", salt])
+    source = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    with orthanc.client() as c:
+        for data in relabelled(paths, study_uid=study_uid, patient_id=str(source.PatientID), salt=salt):
+            if pixel_spacing is not None:
+                ds = pydicom.dcmread(BytesIO(data))
+                ds.PixelSpacing = pixel_spacing
+                buffer = BytesIO()
+                ds.save_as(buffer, enforce_file_format=True)
+                data = buffer.getvalue()
+            c.post("/instances", content=data).raise_for_status()
+
+    def outputs_stored() -> bool:
+        return {"SR", "PR", "SEG", "OT"} <= {s["00080060"]["Value"][0] for s in orthanc.series_of_study(study_uid)}
+
+    wait_until(outputs_stored, timeout=STABLE_AGE + 120, interval=0.5, what=f"the outputs of study {study_uid}")
+    return study_uid
+
+
+def stored_outputs(orthanc, study_uid: str) -> list[pydicom.Dataset]:
+    with orthanc.client() as c:
+        orthanc_id = next(x["ID"] for x in c.post("/tools/lookup", content=study_uid).json() if x["Type"] == "Study")
+        found = []
+        for instance in c.get(f"/studies/{orthanc_id}/instances").json():
+            found.append(pydicom.dcmread(BytesIO(c.get(f"/instances/{instance['ID']}/file").content)))
+    return found
+
+
+def test_viewer_draws_the_seg_overlay_where_the_seg_puts_it(viewer_stack, phantom_studies, tmp_path: Path) -> None:
+    """Double-clicking the SEG and answering Yes loads it as a labelmap over the referenced
+    image (lungs and opacity): coloured pixels appear in the viewport, inside the SEG's masks
+    as fitted to the viewport, and none before."""
+    orthanc, url = viewer_stack
+    _, paths = next((u, p) for u, p in phantom_studies.items() if len(p) >= 2)
+    study_uid = store_study(orthanc, paths, salt="seg")
+    out, before = tmp_path / "seg.png", tmp_path / "seg-before.png"
+    report = run_mode(url, study_uid, out, before, "--mode", "seg")
+    keep_artifacts("viewer-seg", out, before, report)
+    assert not report["page_errors"], report["page_errors"]
+    assert not report["console_errors"], report["console_errors"]
+    assert report["hydrate_prompt"], "OHIF asked whether to open the segmentation"
+    labels = [[s["label"] for s in seg["segments"]] for seg in report["segmentations"]]
+    assert labels == [["Lungs", "Opacity"]], labels
+
+    seg = next(ds for ds in stored_outputs(orthanc, study_uid) if ds.Modality == "SEG")
+    shown = str(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID)
+    frames = seg.pixel_array.reshape(-1, int(seg.Rows), int(seg.Columns)).astype(bool)
+    mask = frames.any(axis=0)  # lungs and opacity together
+    rows, cols = mask.shape
+    vp = report["viewport"]
+    x0, y0, w, h = vp["x"], vp["y"], vp["width"], vp["height"]
+    after_rgb = np.asarray(Image.open(out).convert("RGB"))[y0 : y0 + h, x0 : x0 + w]
+    before_rgb = np.asarray(Image.open(before).convert("RGB"))[y0 : y0 + h, x0 : x0 + w]
+    assert coloured(before_rgb).sum() <= 20, "colour in the viewport before the SEG was loaded"
+    paint = coloured(after_rgb)
+    assert paint.mean() > 0.05, f"only {paint.mean():.1%} of the viewport is coloured"
+
+    # The SEG's pixel grid fitted into the viewport (centred, aspect kept), as OHIF shows the image.
+    scale = min(w / cols, h / rows)
+    ox, oy = (w - cols * scale) / 2, (h - rows * scale) / 2
+    ys, xs = np.nonzero(paint)
+    src_x = np.clip(((xs - ox) / scale).astype(int), 0, cols - 1)
+    src_y = np.clip(((ys - oy) / scale).astype(int), 0, rows - 1)
+    grown = mask.copy()
+    for _ in range(3):  # room for outlines and resampling
+        grown[1:, :] |= grown[:-1, :].copy()
+        grown[:-1, :] |= grown[1:, :].copy()
+        grown[:, 1:] |= grown[:, :-1].copy()
+        grown[:, :-1] |= grown[:, 1:].copy()
+    inside = grown[src_y, src_x].mean()
+    assert inside > 0.9, f"only {inside:.0%} of the coloured pixels lie on the SEG's masks"
+    sample_y, sample_x = np.nonzero(mask[::7, ::7])
+    vx = (ox + (sample_x * 7 + 0.5) * scale).astype(int)
+    vy = (oy + (sample_y * 7 + 0.5) * scale).astype(int)
+    covered = paint[np.clip(vy, 0, h - 1), np.clip(vx, 0, w - 1)].mean()
+    assert covered > 0.8, f"only {covered:.0%} of the SEG's mask is painted"
+    assert shown, "the SEG references its source image"
+
+
+def test_the_sc_of_a_cr_whose_pixel_spacing_is_zero_renders(viewer_stack, phantom_studies, tmp_path: Path) -> None:
+    """OHIF 3.13 shows a CR whose Pixel Spacing is 0\\0 black (its viewport gets no spacing and
+    no camera scale; README, *The viewer and real images*), and with it the SR's boxes. Our
+    outputs carry no such spacing, and the Secondary Capture, with the results burned in,
+    renders: grey image, green lung outline, yellow text."""
+    orthanc, url = viewer_stack
+    _, paths = next((u, p) for u, p in phantom_studies.items() if len(p) >= 2)
+    study_uid = store_study(orthanc, paths, salt="zero-spacing", pixel_spacing=[0, 0])
+    for ds in stored_outputs(orthanc, study_uid):
+        if ds.Modality in ("CR", "DX"):
+            continue
+        for element in ds.iterall():
+            if element.keyword in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
+                assert all(float(v) > 0 for v in element.value), f"{ds.Modality} carries a spacing of {element.value}"
+
+    out, before = tmp_path / "sc.png", tmp_path / "sc-before.png"
+    report = run_mode(url, study_uid, out, before, "--mode", "series", "--modality", "OT")
+    keep_artifacts("viewer-sc-zero-spacing", out, before, report)
+    assert not report["page_errors"], report["page_errors"]
+    assert report["first_image_fill"] < 0.01, (
+        "OHIF now renders the CR with Pixel Spacing 0\\0: update README's *The viewer and real images*"
+    )
+    assert report["image_fill"] > 0.2, f"the SC is not rendered (fill {report['image_fill']})"
+    vp = report["viewport"]
+    rgb = np.asarray(Image.open(out).convert("RGB"))[vp["y"] : vp["y"] + vp["height"], vp["x"] : vp["x"] + vp["width"]]
+    r, g, b = (rgb[..., i].astype(int) for i in range(3))
+    lung_outline = (g > 150) & (r < 140) & (b < 140) & (g - r > 60)
+    text = (r > 170) & (g > 170) & (b < 90)
+    assert lung_outline.sum() > 300, f"{lung_outline.sum()} pixels of the green lung outline"
+    assert text.sum() > 100, f"{text.sum()} pixels of the yellow banner"
+    grey = (np.abs(r - g) < 12) & (np.abs(g - b) < 12) & (r > 40)
+    assert grey.mean() > 0.2, "the radiograph itself is in the SC"
