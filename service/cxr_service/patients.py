@@ -109,10 +109,12 @@ def single_patient(patients: Iterable[tuple[str, str | None]], *, study_instance
 
 def read_patient_id(path: Path | None = None, data: bytes | None = None) -> str | None:
     """The Patient ID of a DICOM file or its bytes, read from the header alone; None when the
-    header cannot be read."""
+    header cannot be read, or is no instance's (no SOP Instance UID: bytes pydicom read by force)."""
     try:
         source = path if path is not None else io.BytesIO(data or b"")
-        ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=["PatientID"], force=True)
+        ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=["PatientID", "SOPInstanceUID"], force=True)
     except Exception:  # noqa: BLE001 - an unreadable file: its patient is unknown (ingest reports it)
+        return None
+    if "SOPInstanceUID" not in ds:
         return None
     return patient_of(ds)

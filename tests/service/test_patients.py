@@ -170,3 +170,15 @@ def test_an_upload_mixing_two_patients_under_one_study_uid_is_refused_naming_fil
     detail = r.json()["detail"]
     assert detail.startswith("files: ") and "2 patients" in detail and "files[1]" in detail and "files[0]" in detail
     assert "SECRET" not in detail
+
+
+def test_the_patient_of_a_file_is_read_from_its_header(tmp_path, full_sources) -> None:
+    from cxr_service.patients import read_patient_id
+
+    path = tmp_path / "a.dcm"
+    full_sources[PA_UID].save_as(path, enforce_file_format=True)
+    assert read_patient_id(path) == PATIENT and read_patient_id(data=path.read_bytes()) == PATIENT
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(b"\x00" * 300 + b"not DICOM at all")
+    assert read_patient_id(garbage) is None, "bytes read by force are no instance: patient unknown, not ''"
+    assert read_patient_id(tmp_path / "missing.dcm") is None
