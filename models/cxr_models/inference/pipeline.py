@@ -30,6 +30,7 @@ from cxr_models.inference import lungs as lungs_stage
 from cxr_models.inference import opacity as opacity_stage
 from cxr_models.inference import study as study_stage
 from cxr_models.inference import view as view_stage
+from cxr_models.inference.attribution import Attribution, Method, Target, attribute
 from cxr_models.inference.crop import CropDecision, decide_crop
 from cxr_models.inference.ood import OODDetector, load_ood
 from cxr_models.inference.reasons import no_lung_fields, view_reason
@@ -66,6 +67,8 @@ class ImagePrediction:
     opacity_mask: np.ndarray | None = field(default=None, compare=False, repr=False)
     opacity_probability: np.ndarray | None = field(default=None, compare=False, repr=False)
     opacity_percent: float | None = None
+    # Where the study class comes from (cxr_models.inference.attribution), when asked for.
+    attribution: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class StudyPrediction:
     probabilities: dict[str, float] | None
     images: tuple[ImagePrediction, ...]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    attribution: Attribution | None = field(default=None, compare=False, repr=False)
 
 
 def fusion_settings(manifest: dict) -> dict:
@@ -159,9 +163,19 @@ class Analyzer:
             raise ValueError("the OOD score needs the view stage's features, but the view stage gave none")
         return [float(s) for s in self.ood.scores(np.stack([v.features for v in views]))]
 
-    def analyze_study(self, images: Sequence[np.ndarray], *, no_crop_ablation: bool = False) -> StudyPrediction:
+    def analyze_study(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        no_crop_ablation: bool = False,
+        attribution: Target | None = None,
+        attribution_method: Method | None = None,
+    ) -> StudyPrediction:
         """Run every stage on a study's images (display arrays); images that are not frontal, out of
-        distribution or without plausible lung fields are not analysed (``reason``)."""
+        distribution or without plausible lung fields are not analysed (``reason``). With
+        ``attribution`` (``"abnormal"`` or ``"predicted"``) each analysed image also gets the
+        attribution map of the study class (:mod:`cxr_models.inference.attribution`; method
+        ``attribution_method``, default its DEFAULT_METHOD)."""
         for i, image in enumerate(images):
             if image.ndim != 2:
                 raise ValueError(f"images[{i}] must be a 2-D display array, got shape {image.shape}")
@@ -200,6 +214,7 @@ class Analyzer:
         per_image: dict[int, ImagePrediction] = {}
         label: str | None = None
         probabilities: dict[str, float] | None = None
+        cam: Attribution | None = None
         if analysed:
             frontal_images = [images[i] for i in analysed]
             crop_boxes = [crops[i].box for i in analysed]
@@ -216,6 +231,9 @@ class Analyzer:
             ]
             study_pred = timed("study", self.study.predict, [study_inputs])[0]
             label, probabilities = study_pred.label, dict(study_pred.probabilities)
+            if attribution:
+                method = {} if attribution_method is None else {"method": attribution_method}
+                cam = timed("attribution", attribute, self.study, study_inputs, target=attribution, **method)
             for k, idx in enumerate(analysed):
                 c = crops[idx]
                 per_image[idx] = ImagePrediction(
@@ -233,6 +251,7 @@ class Analyzer:
                     opacity_mask=opac[k].mask,
                     opacity_probability=opac[k].probability,
                     opacity_percent=float(opac[k].percent),
+                    attribution=None if cam is None else cam.maps[k],
                 )
         results = tuple(
             per_image.get(i)
@@ -247,4 +266,6 @@ class Analyzer:
             )
             for i, v in enumerate(views)
         )
-        return StudyPrediction(label=label, probabilities=probabilities, images=results, timings_ms=timings)
+        return StudyPrediction(
+            label=label, probabilities=probabilities, images=results, timings_ms=timings, attribution=cam
+        )
