@@ -18,6 +18,7 @@ import numpy as np
 import pydicom
 from cxr_models.records import Box
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.dataelem import DataElement
 from pydicom.valuerep import DA, DT, TM
 
 from cxr_service import codes
@@ -228,6 +229,29 @@ def finalize(ds: pydicom.Dataset, *, created: datetime.datetime) -> None:
     for item in ds.get("ContributingEquipmentSequence", []):
         if "ContributionDateTime" in item:
             item.ContributionDateTime = DT(created)
+    skip_item_corrections(ds)
+
+
+def skip_item_corrections(ds: pydicom.Dataset) -> None:
+    """Spare pydicom's writer its per-item passes over a written dataset's sequences (in place).
+
+    Writing a dataset created in memory, pydicom corrects the ambiguous VRs of the whole tree
+    from the root (every nested item, with its ancestors), then again from every item it
+    writes: an SR's content tree, a few hundred items deep in five levels, cost about 30 ms a
+    document. Each nested item made of parsed elements is declared as already in the encoding it
+    will be written in (explicit VR little endian, its own character set), which skips only the
+    repeated passes: the root's pass still corrects every element, items added later included,
+    so the bytes written are the same. Items holding raw (unparsed) elements are left as they are.
+    """
+    stack = [ds]
+    while stack:
+        node = stack.pop()
+        for element in node.elements():
+            if isinstance(element, DataElement) and element.VR == "SQ":
+                for item in element.value:
+                    if all(isinstance(e, DataElement) for e in item.elements()):
+                        item.set_original_encoding(False, True, item._character_set)
+                    stack.append(item)
 
 
 # Body Part Examined defined terms (PS3.16 Annex L) a chest radiograph may carry that are not
