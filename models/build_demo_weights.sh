@@ -89,3 +89,15 @@ EVAL="cxr evaluate --data data/test --out runs/eval --no-progress"
 $EVAL
 python -m cxr_models.weights.record --metrics runs/eval/metrics.json --command "$EVAL" \
   --data-seed 9001 --data-command "$TEST_DATA"
+
+# Transfer ablation (not shipped): PhantomCXR changes judged by the real-validation score of a
+# lung model trained on synthetic data only.
+if [ "${CXR_ABLATION:-0}" = 1 ]; then
+  cxr train lungs --data data/mix --init runs/init/lungs.pt --epochs 6 --out runs/ablation/lungs_phantom --threads 1 --no-progress
+  cxr train lungs --data data/mix --init runs/init/lungs.pt --acquisition-jitter --epochs 6 --out runs/ablation/lungs_phantom_acq --threads 1 --no-progress
+  python -m cxr_models.evaluation.transfer --data "$COVID" --data "$NIH" --split val \
+    --lungs "0.1.0 (old convention)=runs/init/lungs.pt" \
+    --lungs "V7 convention=runs/ablation/lungs_phantom/weights_fp16.pt" \
+    --lungs "V7 convention + acquisition jitter=runs/ablation/lungs_phantom_acq/weights_fp16.pt" \
+    --view "0.1.0=runs/init/view.pt" --out models/evaluation_real/transfer_ablation.json
+fi

@@ -40,10 +40,39 @@ def test_manifest_lists_every_model_with_provenance_and_metrics() -> None:
         assert entry["data"]["seed"] == 1 and entry["data"]["command"].startswith("cxr phantom generate")
         assert entry["input_size"] and entry["classes"] and entry["architecture"]
         assert entry["metrics"], f"{name}: no measured metrics recorded"
+        # trained on real radiographs as well, each source with its image count and licences
+        formats = {source["format"] for source in entry["data"]["sources"]}
+        assert formats & {"chestxray14", "covidcxr"}, f"{name}: no real training source recorded"
+        assert all(source["images"] > 0 and source["licences"] for source in entry["data"]["sources"])
+        assert "0.1.0-demo" in entry["init_from"]
+    ood = manifest["ood"]
+    assert sha256_of(default_weights_dir() / ood["file"]) == ood["sha256"]
+    total += ood["bytes"]
     assert total <= 60 * 1024 * 1024
     evaluation = manifest["evaluation"]
     assert evaluation["data"]["seed"] == 9001 and evaluation["command"].startswith("cxr evaluate")
     assert all(key in evaluation["metrics"] for key in REQUIRED_METRICS)
+    real = manifest["evaluation_real"]
+    assert real["command"].startswith("cxr evaluate") and real["data"]["split"]["split"] == "val"
+    assert all(key in real["metrics"] for key in REQUIRED_REAL_METRICS)
+    # every threshold was chosen on the validation part
+    assert manifest["reporting_threshold"]["split"]["split"] == "val"
+    assert manifest["reporting_threshold"]["max_false_per_negative"] == 0.5
+    assert manifest["fusion"]["split"]["split"] == "val"
+
+
+REQUIRED_REAL_METRICS = (
+    "view_accuracy",
+    "view_accuracy_frontal",
+    "view_accuracy_lateral",
+    "lung_dice",
+    "opacity_map50",
+    "opacity_map50_detector_a",
+    "opacity_map50_detector_b",
+    "false_boxes_per_negative",
+    "opacity_percent_spearman",
+    "normal_abnormal_auc",
+)
 
 
 def test_model_card_says_not_for_clinical_use() -> None:

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.procs import CXR, REPO, TOKEN, Service, cxr_env, start_service
+from cxr_models.weights import load_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +53,7 @@ def test_every_protected_route_answers_401_problem_json(service: Service, token:
     with service.client(token=None) as c:
         assert c.get("/healthz").status_code == 200
         ready = c.get("/readyz")
-        assert ready.status_code == 200 and ready.json()["model_version"] == "0.1.0-demo"
+        assert ready.status_code == 200 and ready.json()["model_version"] == load_manifest()["version"]
     # The browser UIs are not served outside development without CXR_DOCS_PUBLIC.
     for token in (None, TOKEN):
         with service.client(token=token) as c:

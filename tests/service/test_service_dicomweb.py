@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.service.procs import (
+from cxr_models.weights import load_manifest
     OUTPUT_MODALITIES,
     Orthanc,
     free_port,
@@ -43,7 +44,7 @@ def test_dicomweb_round_trip_then_idempotent_and_forced(orthanc: Orthanc, phanto
             assert r.headers["location"] == f"/v1/jobs/{r.json()['job']['id']}"
             job = service.wait_job(r.json()["job"]["id"])
             assert job["state"] == "done", job
-            assert job["model_version"] == "0.1.0-demo"
+            assert job["model_version"] == load_manifest()["version"]
             assert {"fetch", "deliver", "total", "view", "lungs"} <= set(job["timings_ms"])
 
             # QIDO-RS on Orthanc finds every output series, each written once.
