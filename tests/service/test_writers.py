@@ -838,3 +838,31 @@ def test_sc_lung_outline_is_the_mask_minus_its_double_scipy_erosion():
             mask[:] = True
         expected = mask & ~ndimage.binary_erosion(mask, iterations=2)
         assert np.array_equal(_outline(mask), expected), index
+
+
+def test_memoized_iod_lookups_give_highdicoms_answers():
+    """writers.common memoizes highdicom's is_attribute_in_iod (same answers, same errors)."""
+    import highdicom._standard_utils as standard
+
+    import cxr_service.writers.common  # noqa: F401 - installs the memoized lookup
+
+    memoized = standard.is_attribute_in_iod
+    assert getattr(memoized, "cxr_memoized", False)
+    original = memoized.__wrapped__
+    sop_classes = [
+        pydicom.uid.ComputedRadiographyImageStorage,
+        pydicom.uid.DigitalXRayImageStorageForPresentation,
+        pydicom.uid.Comprehensive3DSRStorage,
+        pydicom.uid.SegmentationStorage,
+        pydicom.uid.SecondaryCaptureImageStorage,
+        pydicom.uid.GrayscaleSoftcopyPresentationStateStorage,
+    ]
+    for sop_class in sop_classes:
+        for attribute in ("PixelData", "NumberOfFrames", "ContentDate", "ContentTime", "FloatPixelData", "PatientName"):
+            for exclude in (None, ["IconImageSequence"]):
+                for _ in range(2):
+                    assert memoized(attribute, sop_class, exclude_path_elements=exclude) == original(
+                        attribute, sop_class, exclude_path_elements=exclude
+                    )
+    with pytest.raises(KeyError):
+        memoized("PixelData", "1.2.3.4.5.6.7")
