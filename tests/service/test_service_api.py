@@ -11,8 +11,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.service.procs import CXR, REPO, TOKEN, Service, cxr_env, start_service
 from cxr_models.weights import load_manifest
+from tests.service.procs import CXR, REPO, TOKEN, Service, cxr_env, start_service
 
 pytestmark = pytest.mark.slow
 

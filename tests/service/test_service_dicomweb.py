@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.procs import (
 from cxr_models.weights import load_manifest
+from tests.service.procs import (
     OUTPUT_MODALITIES,
     Orthanc,
     free_port,
