@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 import pydicom
 
+from cxr_models.inference.attribution import Attribution
 from cxr_models.inference.pipeline import Analyzer, ImagePrediction
 from cxr_models.inference.reasons import view_reason
 from cxr_models.weights import reporting_threshold
+from cxr_service.heatmaps import ATTRIBUTION_TARGET, NO_HEATMAPS, HeatmapOptions, image_heatmaps
 from cxr_service.ingest import IngestedImage, IngestResult, Rejected
 from cxr_service.results import AlgorithmInfo, ImageResult, Opacity, StudyResult
 
@@ -48,6 +50,7 @@ class AnalysedStudy:
     displays: Mapping[str, np.ndarray] = field(repr=False)
     unattributed: tuple[Rejected, ...] = ()
     rejected_headers: Mapping[str, pydicom.Dataset] = field(default_factory=dict, repr=False)
+    heatmap_options: HeatmapOptions = NO_HEATMAPS
 
     @property
     def headers(self) -> dict[str, pydicom.Dataset]:
@@ -76,7 +79,14 @@ def report_min_score(manifest: Mapping[str, Any], override: float | None = None)
     return REPORT_MIN_SCORE if chosen is None else chosen
 
 
-def _image_result(image: IngestedImage, prediction: ImagePrediction, *, min_score: float) -> ImageResult:
+def _image_result(
+    image: IngestedImage,
+    prediction: ImagePrediction,
+    *,
+    min_score: float,
+    heatmaps: HeatmapOptions = NO_HEATMAPS,
+    attribution: Attribution | None = None,
+) -> ImageResult:
     identity = {
         "sop_instance_uid": image.sop_instance_uid,
         "series_instance_uid": image.series_instance_uid,
@@ -99,6 +109,7 @@ def _image_result(image: IngestedImage, prediction: ImagePrediction, *, min_scor
         opacity_percent=None if prediction.opacity_percent is None else min(100.0, max(0.0, prediction.opacity_percent)),
         lung_mask=None if prediction.lung_mask is None else prediction.lung_mask.astype(bool),
         opacity_mask=None if prediction.opacity_mask is None else prediction.opacity_mask.astype(bool),
+        heatmaps=image_heatmaps(prediction, attribution) if heatmaps.wanted else (),
     )
 
 
@@ -124,13 +135,15 @@ def analyze_study(
     ingest_ms: float = 0.0,
     min_score: float | None = None,
     rejected_headers: Mapping[str, pydicom.Dataset] | None = None,
+    heatmaps: HeatmapOptions = NO_HEATMAPS,
 ) -> AnalysedStudy:
     """Run the models over a study's ingested images (batched) and assemble its StudyResult.
 
     Rejected items keep their ingest reason; a rejected item without a SOP Instance UID cannot be
     referenced from the study's outputs and is returned in ``unattributed``. ``min_score`` (None:
     :func:`report_min_score` of the analyzer's manifest) is the lowest opacity score reported.
-    ``rejected_headers`` (SOP Instance UID → header) are kept for the writers.
+    ``rejected_headers`` (SOP Instance UID → header) are kept for the writers. ``heatmaps``
+    says which outputs use heatmaps (the attribution is computed only when one does).
     """
     if min_score is None:
         min_score = report_min_score(analyzer.manifest)
@@ -152,14 +165,21 @@ def analyze_study(
             images.append(item)
 
     start = time.perf_counter()
-    prediction = analyzer.analyze_study([im.display for im in images]) if images else None
+    attribution = ATTRIBUTION_TARGET if heatmaps.needs_attribution else None
+    prediction = analyzer.analyze_study([im.display for im in images], attribution=attribution) if images else None
     model_ms = (time.perf_counter() - start) * 1000.0
     by_uid = {}
     if prediction is not None:
         by_uid = {im.sop_instance_uid: p for im, p in zip(images, prediction.images, strict=True)}
 
     results = [
-        _image_result(item, by_uid[item.sop_instance_uid], min_score=min_score)
+        _image_result(
+            item,
+            by_uid[item.sop_instance_uid],
+            min_score=min_score,
+            heatmaps=heatmaps,
+            attribution=None if prediction is None else prediction.attribution,
+        )
         if isinstance(item, IngestedImage)
         else _rejected_result(item)
         for item in order
@@ -184,4 +204,5 @@ def analyze_study(
         displays={im.sop_instance_uid: im.display for im in images},
         unattributed=tuple(unattributed),
         rejected_headers={uid: ds for uid, ds in (rejected_headers or {}).items() if uid in rejected},
+        heatmap_options=heatmaps,
     )

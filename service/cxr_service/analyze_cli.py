@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cxr_service.analysis import REPORT_MIN_SCORE
 from cxr_service.engine import AnalysisEngine
+from cxr_service.heatmaps import SC_LAYERS, HeatmapOptions
 from cxr_service.ingest import IngestLimits, iter_dicom_paths
 from cxr_service.outputs import safe_uid_component, summarize
 from cxr_service.patients import MixedPatients
@@ -44,6 +45,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="lowest fused opacity score reported (0-1); default: the weights manifest's reporting_threshold, "
         f"else {REPORT_MIN_SCORE}",
     )
+    parser.add_argument("--heatmaps", action="store_true", help="also write the heatmap SEGs (as CXR_HEATMAPS=true)")
+    parser.add_argument(
+        "--sc-heatmap", choices=SC_LAYERS, default="none", help="heatmap blended into the Secondary Capture (as CXR_SC_HEATMAP)"
+    )
     return parser
 
 
@@ -62,7 +67,11 @@ def group_instances(instances: list[StudyInstance]) -> tuple[dict[str, list[Stud
 
 def main(args: argparse.Namespace) -> None:
     engine = AnalysisEngine.create(
-        weights_dir=args.weights, device=args.device, min_score=args.min_score, max_pixels=args.max_pixels
+        weights_dir=args.weights,
+        device=args.device,
+        min_score=args.min_score,
+        max_pixels=args.max_pixels,
+        heatmaps=HeatmapOptions(seg=args.heatmaps, sc_layer=args.sc_heatmap),
     )
     start = time.perf_counter()
     instances = [ingest_instance(InstanceSource(label=p.name, path=p), limits=engine.limits) for p in iter_dicom_paths(args.paths)]

@@ -84,6 +84,12 @@ UCUM_PROBABILITY = Code("1", "UCUM", "no units")
 PROCESSING_EQUIPMENT = Code("109102", "DCM", "Processing Equipment")
 # DCM 123110 "Artificial Intelligence", CID 7162 (algorithm family of SR/SEG algorithm identification).
 ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
+# DCM 130401 "Visual explanation" (SEG category of the attribution heatmap) and, for its type,
+# DCM 130404 "Saliency" (Integrated Gradients) or 130403 "Gradient-weighted class activation"
+# (Grad-CAM), PS3.16 CID 217 "Visual Explanation".
+VISUAL_EXPLANATION = Code("130401", "DCM", "Visual explanation")
+SALIENCY = Code("130404", "DCM", "Saliency")
+GRADIENT_WEIGHTED_CLASS_ACTIVATION = Code("130403", "DCM", "Gradient-weighted class activation")
 
 # --- 99CXR private codes (no standard code exists) ---------------------------------------------
 # 99CXR: the RSNA COVID-19 appearance classification of the study (concept name).

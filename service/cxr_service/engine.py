@@ -16,6 +16,7 @@ import pydicom
 
 from cxr_models.inference.pipeline import Analyzer
 from cxr_service.analysis import AnalysedStudy, algorithm_info, analyze_study, report_min_score
+from cxr_service.heatmaps import NO_HEATMAPS, HeatmapOptions
 from cxr_service.ingest import IngestLimits, IngestResult
 from cxr_service.results import AlgorithmInfo
 from cxr_service.settings import Settings
@@ -26,15 +27,22 @@ logger = logging.getLogger(__name__)
 
 class AnalysisEngine:
     """An :class:`Analyzer` plus the service's reporting settings (opacities reported from
-    ``min_score``, the triage thresholds)."""
+    ``min_score``, the triage thresholds, which outputs get heatmaps)."""
 
     def __init__(
-        self, analyzer: Analyzer, *, min_score: float, limits: IngestLimits, triage: TriageThresholds | None = None
+        self,
+        analyzer: Analyzer,
+        *,
+        min_score: float,
+        limits: IngestLimits,
+        triage: TriageThresholds | None = None,
+        heatmaps: HeatmapOptions = NO_HEATMAPS,
     ) -> None:
         self.analyzer = analyzer
         self.min_score = min_score
         self.limits = limits
         self.triage = triage or TriageThresholds()
+        self.heatmaps = heatmaps
         self.algorithm: AlgorithmInfo = algorithm_info(analyzer.manifest)
         self._lock = threading.Lock()
 
@@ -47,6 +55,7 @@ class AnalysisEngine:
         min_score: float | None,
         max_pixels: int,
         triage: TriageThresholds | None = None,
+        heatmaps: HeatmapOptions = NO_HEATMAPS,
     ) -> AnalysisEngine:
         """Load the weights (None: the shipped demo weights) onto ``device``; ``min_score`` None
         means the manifest's reporting threshold, ``triage`` None the default thresholds."""
@@ -56,6 +65,7 @@ class AnalysisEngine:
             min_score=report_min_score(analyzer.manifest, min_score),
             limits=IngestLimits(max_pixels=max_pixels),
             triage=triage,
+            heatmaps=heatmaps,
         )
         logger.info(
             "models %s loaded on %s, opacities reported from score %.3f", engine.model_version, analyzer.device, engine.min_score
@@ -70,6 +80,7 @@ class AnalysisEngine:
             min_score=settings.min_score,
             max_pixels=settings.max_pixels,
             triage=TriageThresholds.from_settings(settings),
+            heatmaps=HeatmapOptions(seg=settings.heatmaps, sc_layer=settings.sc_heatmap),
         )
 
     @property
@@ -93,6 +104,7 @@ class AnalysisEngine:
                 ingest_ms=ingest_ms,
                 min_score=self.min_score,
                 rejected_headers=rejected_headers,
+                heatmaps=self.heatmaps,
             )
 
 

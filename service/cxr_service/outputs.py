@@ -21,7 +21,7 @@ import pydicom
 
 from cxr_service.analysis import AnalysedStudy
 from cxr_service.results import to_result_json
-from cxr_service.uids import KIND_GSPS, KIND_SC, KIND_SEG, KIND_SR, OUTPUT_KINDS
+from cxr_service.uids import KIND_GSPS, KIND_HEATMAP, KIND_SC, KIND_SEG, KIND_SR, OUTPUT_KINDS
 from cxr_service.writers import OutputProblem, StudyOutputs, write_all
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def build_outputs(study: AnalysedStudy) -> tuple[StudyOutputs, float]:
     start = time.perf_counter()
     headers = study.headers
     if headers:
-        outputs = write_all(study.result, headers, study.displays)
+        outputs = write_all(study.result, headers, study.displays, heatmaps=study.heatmap_options)
     else:
         logger.warning("study %s: no SR: %s", study.result.study_instance_uid, NO_HEADER_REASON)
         outputs = StudyOutputs(
@@ -79,15 +79,19 @@ def result_document(
     image details), with the reason.
     """
     described: dict[str, Any] = {}
-    for kind in (KIND_SR, KIND_GSPS, KIND_SEG, KIND_SC):
+    for kind in (KIND_SR, KIND_GSPS, KIND_SEG, KIND_SC, KIND_HEATMAP):
         items = outputs.datasets.get(kind, [])
         if not items:
-            described[kind] = None
+            if kind != KIND_HEATMAP or study.heatmap_options.seg:
+                described[kind] = None
             continue
         described[kind] = {
             "series_instance_uid": str(items[0].SeriesInstanceUID),
             "sop_instance_uids": [str(ds.SOPInstanceUID) for ds in items],
         }
+        if kind == KIND_HEATMAP:
+            # One series per image and map (OHIF shows one SEG per series).
+            described[kind]["series_instance_uids"] = [str(ds.SeriesInstanceUID) for ds in items]
         if files is not None:
             described[kind]["files"] = list(files.get(kind, []))
     document = to_result_json(study.result, outputs=described)

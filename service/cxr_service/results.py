@@ -17,6 +17,8 @@ import numpy as np
 from cxr_models.inference.reasons import REASON_LATERAL, REASON_NOT_CHEST
 from cxr_models.records import STUDY_LABELS, VIEWS, Box
 
+from cxr_service.heatmaps import Heatmap
+
 if TYPE_CHECKING:
     from cxr_service.triage import Triage
 
@@ -92,6 +94,8 @@ class ImageResult:
     opacity_percent: float | None = None
     lung_mask: np.ndarray | None = field(default=None, compare=False, hash=False, repr=False)
     opacity_mask: np.ndarray | None = field(default=None, compare=False, hash=False, repr=False)
+    # The image's heatmaps (cxr_service.heatmaps), only when an output asks for them.
+    heatmaps: tuple[Heatmap, ...] = field(default=(), compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.view is None and self.analysed:

@@ -96,6 +96,13 @@ class Settings(BaseSettings):
         le=1,
         description="Lowest fused opacity score reported; unset: the weights manifest's reporting_threshold, else 0.3.",
     )
+    heatmaps: bool = Field(
+        False,
+        description="Write two heatmap SEGs per analysed image (opacity probability; Integrated Gradients of the study class), shown over the image by OHIF. Off by default: see *Heatmaps* for the cost.",
+    )
+    sc_heatmap: Literal["none", "opacity", "attribution"] = Field(
+        "none", description="Heatmap blended into the Secondary Capture as a colour layer: `none`, `opacity` or `attribution`."
+    )
 
     triage_urgent_opacity: float = Field(
         0.8, gt=0, le=1, description="A study is `urgent` when its highest reported opacity score reaches this."

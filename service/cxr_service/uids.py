@@ -69,7 +69,8 @@ KIND_SR = "sr"
 KIND_GSPS = "gsps"
 KIND_SEG = "seg"
 KIND_SC = "sc"
-OUTPUT_KINDS: tuple[str, ...] = (KIND_SR, KIND_GSPS, KIND_SEG, KIND_SC)
+KIND_HEATMAP = "heatmap"
+OUTPUT_KINDS: tuple[str, ...] = (KIND_SR, KIND_GSPS, KIND_SEG, KIND_SC, KIND_HEATMAP)
 
 
 def derive_uid(*, source_uid: str, model_version: str, kind: str, index: int = 0) -> str:

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 
+from cxr_service.heatmaps import NO_HEATMAPS, HeatmapOptions
 from cxr_service.patients import patient_of, single_patient
 from cxr_service.results import ImageResult, StudyResult
-from cxr_service.uids import KIND_GSPS, KIND_SC, KIND_SEG, KIND_SR, OUTPUT_KINDS, patient_scope
+from cxr_service.uids import KIND_GSPS, KIND_HEATMAP, KIND_SC, KIND_SEG, KIND_SR, OUTPUT_KINDS, patient_scope
 from cxr_service.writers.common import WRITER_ERRORS, creation_datetime, identifying_header
 from cxr_service.writers.gsps import gsps_for_image, write_gsps
+from cxr_service.writers.heatmap import heatmap_segs_for_image, sc_layer_values
 from cxr_service.writers.sc import sc_for_image, write_sc
 from cxr_service.writers.seg import seg_for_image, write_seg
 from cxr_service.writers.sources import writable_sources
@@ -72,6 +74,7 @@ def write_all(
     displays: Mapping[str, np.ndarray],
     *,
     created: datetime.datetime | None = None,
+    heatmaps: HeatmapOptions = NO_HEATMAPS,
 ) -> StudyOutputs:
     """Every output of a study (:func:`_write_all`), for one patient only: sources of two
     Patient IDs raise :class:`~cxr_service.patients.MixedPatients` before anything is written.
@@ -81,7 +84,7 @@ def write_all(
         ((uid, patient_of(ds)) for uid, ds in sources.items()), study_instance_uid=result.study_instance_uid
     )
     with patient_scope(patient):
-        return _write_all(result, sources, displays, created=created)
+        return _write_all(result, sources, displays, created=created, heatmaps=heatmaps)
 
 
 def _write_all(
@@ -90,6 +93,7 @@ def _write_all(
     displays: Mapping[str, np.ndarray],
     *,
     created: datetime.datetime | None = None,
+    heatmaps: HeatmapOptions = NO_HEATMAPS,
 ) -> StudyOutputs:
     """Every output of a study; one image's header never breaks another image's outputs.
 
@@ -98,7 +102,8 @@ def _write_all(
     output (GSPS, SEG, SC) that cannot be written is left out and reported as an
     :class:`OutputProblem`; an SR that cannot be written with the full headers is written from
     their identifying attributes alone (also reported). Only an SR that cannot be written even
-    so raises.
+    so raises. ``heatmaps`` adds the heatmap SEGs (kind ``heatmap``, several per image; the kind
+    is left out without them) and the SC's colour layer, from each image's :attr:`~cxr_service.results.ImageResult.heatmaps`.
     """
     checked = writable_sources(sources)
     created = creation_datetime(checked) if created is None else created
@@ -115,13 +120,20 @@ def _write_all(
         problems.append(OutputProblem(KIND_SR, result.study_instance_uid, f"written without image details: {reason}"))
         sr = write_sr(result, {uid: identifying_header(ds) for uid, ds in checked.items()}, created=created)
 
-    per_image: dict[str, Callable[[ImageResult, int], pydicom.Dataset | None]] = {
+    def sc_layer(image: ImageResult) -> np.ndarray | None:
+        if heatmaps.sc_layer == "none":
+            return None
+        return sc_layer_values(image, heatmaps.sc_layer, displays[image.sop_instance_uid].shape)
+
+    per_image: dict[str, Callable[[ImageResult, int], pydicom.Dataset | list[pydicom.Dataset] | None]] = {
         KIND_GSPS: lambda image, number: gsps_for_image(result, image, checked, number=number, created=created),
         KIND_SEG: lambda image, number: seg_for_image(result, image, checked, number=number, created=created),
         KIND_SC: lambda image, number: sc_for_image(
-            result, image, checked, displays[image.sop_instance_uid], number=number, created=created
+            result, image, checked, displays[image.sop_instance_uid], number=number, created=created, heatmap=sc_layer(image)
         ),
     }
+    if heatmaps.seg:
+        per_image[KIND_HEATMAP] = lambda image, number: heatmap_segs_for_image(result, image, checked, created=created)
     datasets: dict[str, list[pydicom.Dataset]] = {KIND_SR: [sr]}
     for kind, write in per_image.items():
         written: list[pydicom.Dataset] = []
@@ -135,8 +147,10 @@ def _write_all(
                 )
                 problems.append(OutputProblem(kind, image.sop_instance_uid, reason))
                 continue
-            if ds is not None:
+            if isinstance(ds, list):
+                written.extend(ds)
+            elif ds is not None:
                 written.append(ds)
         datasets[kind] = written
-    assert set(datasets) == set(OUTPUT_KINDS)
+    assert set(datasets) == set(OUTPUT_KINDS) - (set() if heatmaps.seg else {KIND_HEATMAP})
     return StudyOutputs(datasets=datasets, problems=tuple(problems))

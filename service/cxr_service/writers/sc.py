@@ -23,6 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from cxr_service.results import ImageResult, StudyResult
 from cxr_service.uids import KIND_SC, instance_uid, series_uid
+from cxr_service.writers.heatmap import colour_planes
 from cxr_service.writers.common import (
     NOT_FOR_CLINICAL_USE,
     SERIES_NUMBERS,
@@ -96,8 +97,11 @@ def render(
     *,
     result: StudyResult,
     max_side: int = DEFAULT_MAX_SIDE,
+    heatmap: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The burned-in RGB uint8 image (rows, columns, 3) for one analysed image."""
+    """The burned-in RGB uint8 image (rows, columns, 3) for one analysed image; ``heatmap``
+    (values in [0, 1], the display's size) is blended in under the graphics
+    (:func:`cxr_service.writers.heatmap.colour_planes`)."""
     if display.ndim != 2:
         raise ValueError(f"display of image {image.sop_instance_uid} must be 2-D, got shape {display.shape}")
     rows, columns = display.shape
@@ -114,6 +118,8 @@ def render(
     # One 8-bit plane per channel (the lung outline set in each), merged by PIL: an order of
     # magnitude faster than repeating the grey plane into an (rows, columns, 3) array.
     channels = [grey8, grey8, grey8]
+    if heatmap is not None:
+        channels = colour_planes(grey8, heatmap if not resized else resize(heatmap, height=out_rows, width=out_columns))
     if image.lung_mask is not None:
         if image.lung_mask.shape != (rows, columns):
             raise ValueError(
@@ -129,7 +135,7 @@ def render(
             # for the erosion too, so eroding the box alone gives the same outline.
             box = np.s_[rows_in[0] : rows_in[-1] + 1, columns_in[0] : columns_in[-1] + 1]
             outline = _outline(mask[box])
-            channels = [grey8.copy() for _ in LUNG_COLOR]
+            channels = [channel.copy() for channel in channels]
             for channel, value in zip(channels, LUNG_COLOR):
                 channel[box][outline] = value
     canvas = Image.merge("RGB", [Image.fromarray(channel, mode="L") for channel in channels])
@@ -180,8 +186,10 @@ def sc_for_image(
     number: int,
     created: datetime.datetime,
     max_side: int = DEFAULT_MAX_SIDE,
+    heatmap: np.ndarray | None = None,
 ) -> hd.sc.SCImage:
-    """The Secondary Capture of one analysed image (``number``: its Instance Number)."""
+    """The Secondary Capture of one analysed image (``number``: its Instance Number; ``heatmap``:
+    the colour layer's values, see :func:`render`)."""
     algorithm = result.algorithm
     ds = source_header(sources, image.sop_instance_uid)
     if display.shape != image_shape(ds):
@@ -189,7 +197,7 @@ def sc_for_image(
     orientation = _patient_orientation(ds)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=ds,
-        pixel_array=render(image, display, result=result, max_side=max_side),
+        pixel_array=render(image, display, result=result, max_side=max_side, heatmap=heatmap),
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
