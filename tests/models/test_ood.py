@@ -18,7 +18,7 @@ from cxr_models.datasets.sources import as_sources, read_sources
 from cxr_models.evaluation import fit_ood
 from cxr_models.inference.crop import implausibility_reason
 from cxr_models.inference.lungs import LungPrediction
-from cxr_models.inference.ood import RIDGE, GaussianScorer, OODDetector, fit_gaussian, ledoit_wolf
+from cxr_models.inference.ood import RIDGE, GaussianScorer, OODDetector, fit_gaussian, ledoit_wolf, load_ood
 from cxr_models.inference.pipeline import Analyzer
 from cxr_models.inference.reasons import REASON_NOT_CHEST, out_of_distribution
 from cxr_models.inference.view import FEATURES_NAME, ViewClassifier
@@ -213,8 +213,11 @@ def _with(analyzer: Analyzer, **changes) -> Analyzer:  # noqa: ANN003 - Analyzer
 
 
 def test_without_an_ood_entry_no_score_is_computed(shipped: Analyzer, chests: list[np.ndarray]) -> None:
-    assert "ood" not in shipped.manifest and shipped.ood is None and shipped.crop_fallback is False
-    prediction = shipped.analyze_study(chests[:1])
+    manifest = {k: v for k, v in shipped.manifest.items() if k != "ood"}
+    assert load_ood(manifest, weights_dir=default_weights_dir()) is None
+    bare = _with(shipped, manifest=manifest, ood=None)
+    assert shipped.crop_fallback is False
+    prediction = bare.analyze_study(chests[:1])
     assert prediction.images[0].analysed and prediction.images[0].ood_score is None
     assert prediction.images[0].reason is None and not prediction.images[0].crop_fallback
 
@@ -280,14 +283,14 @@ def test_implausible_lung_mask_is_not_analysed_and_the_other_image_is(shipped: A
 
 
 def test_crop_fallback_manifest_key_analyses_the_whole_image(shipped: Analyzer, chests: list[np.ndarray], tmp_path) -> None:
-    analyzer = _with(shipped, lungs=_BlobForSecond(shipped.lungs), crop_fallback=True)
+    analyzer = _with(shipped, lungs=_BlobForSecond(shipped.lungs), crop_fallback=True, ood=None)
     _, bad = analyzer.analyze_study(chests[:2]).images
     assert bad.analysed and bad.reason is None and bad.crop_fallback and bad.lung_box is None
     assert bad.crop_reason is not None and bad.crop_reason.startswith("one lung field")
     # The manifest key is read by Analyzer.load.
-    for entry in load_manifest()["models"].values():
-        (tmp_path / entry["file"]).symlink_to(default_weights_dir() / entry["file"])
     manifest = load_manifest()
+    for entry in [*manifest["models"].values(), *([manifest["ood"]] if "ood" in manifest else [])]:
+        (tmp_path / entry["file"]).symlink_to(default_weights_dir() / entry["file"])
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({**manifest, "crop_fallback": True}))
     assert Analyzer.load(weights_dir=tmp_path, device="cpu").crop_fallback is True
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({**manifest, "crop_fallback": "yes"}))
