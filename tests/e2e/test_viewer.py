@@ -50,8 +50,9 @@ YELLOW = "rgb(255, 255, 0)"
 def overlay_mask(rgb: np.ndarray) -> np.ndarray:
     """Pixels of either SR overlay colour (with room for anti-aliasing)."""
     r, g, b = (rgb[..., i].astype(int) for i in range(3))
-    yellow = (r > 200) & (g > 200) & (b < 70)
-    green = (g > 200) & (r < 70) & (b < 70)
+    # a 1-px dashed outline is anti-aliased down to about 190 in its own channel(s)
+    yellow = (r > 150) & (g > 150) & (b < 70)
+    green = (g > 150) & (r < 70) & (b < 70)
     return yellow | green
 
 
