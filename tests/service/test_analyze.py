@@ -237,7 +237,7 @@ def test_reporting_threshold_comes_from_the_manifest_unless_set() -> None:
 def test_analysis_reports_opacities_from_the_manifest_threshold(study_dir: Path, tmp_path: Path) -> None:
     """In process: a manifest "reporting_threshold" replaces 0.3, an explicit min_score wins."""
     manifest = load_manifest()
-    for entry in manifest["models"].values():
+    for entry in [*manifest["models"].values(), *([manifest["ood"]] if "ood" in manifest else [])]:
         (tmp_path / entry["file"]).symlink_to(default_weights_dir() / entry["file"])
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({**manifest, "reporting_threshold": {"score": 0.6}}))
     analyzer = Analyzer.load(weights_dir=tmp_path, device="cpu")
