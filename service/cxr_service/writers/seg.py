@@ -179,7 +179,9 @@ def seg_for_image(
     if not masks:
         logger.warning("no masks for analysed image %s: no SEG written", image.sop_instance_uid)
         return None
-    pixel_array = np.stack(masks, axis=-1)[np.newaxis]
+    # (1, rows, columns, segments) as highdicom wants it, laid out segment by segment: each
+    # segment's frame is then a contiguous slice, encoded without another copy of the masks.
+    pixel_array = np.stack(masks, axis=0).transpose(1, 2, 0)[np.newaxis]
     seg = _Segmentation(
         source_images=[ds],
         pixel_array=pixel_array,
