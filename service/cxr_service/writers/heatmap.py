@@ -17,9 +17,13 @@ OHIF 3.13.2 in front of Orthanc 1.10 (the viewer of this project):
   data was padded to an even length (a 527 x 614 image, for one).
 
 So the SEG is FRACTIONAL (8-bit frames, ``OCCUPANCY``) with values 0 or 255 only: each band
-segment occupies a pixel entirely or not at all, which is exact. It is compressed losslessly
-(JPEG-LS). Every heatmap SEG is in a series of its own (OHIF shows one SEG per series, the last),
-with Series Number 9905 (opacity) or 9906 (attribution).
+segment occupies a pixel entirely or not at all, which is exact. It is not compressed: Orthanc
+1.10 transcodes a stored JPEG-LS SEG when OHIF retrieves the whole instance, and its GDCM plugin
+crashed doing so (a segfault in libgdcmMSFF, Orthanc gone) on a 2000 x 2078 one, two times in
+seven; RLE through pydicom's encoder costs 460 ms for such an image. Uncompressed, nothing
+transcodes it, at 4 bytes per source pixel (the four band frames). Every heatmap SEG is in a
+series of its own (OHIF shows one SEG per series, the last), with Series Number 9905 (opacity)
+or 9906 (attribution).
 
 A projection radiograph has no frame of reference. As for the lung and opacity SEG
 (:mod:`cxr_service.writers.seg`, whose helpers are used), the SEG carries Pixel Measures (the
@@ -46,7 +50,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.sr.coding import Code
-from pydicom.uid import JPEGLSLossless
+from pydicom.uid import ExplicitVRLittleEndian
 
 from cxr_service import codes
 from cxr_service.heatmaps import ATTRIBUTION, OPACITY, Heatmap
@@ -171,7 +175,7 @@ def heatmap_seg(
         manufacturer_model_name=algorithm.name,
         software_versions=version,
         device_serial_number=version,
-        transfer_syntax_uid=JPEGLSLossless,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
         pixel_measures=_pixel_measures(ds),
         content_label=CONTENT_LABEL,
         content_description=f"{heatmap.description}{DEMO_SUFFIX if algorithm.demo_weights else ''}"[:64],
