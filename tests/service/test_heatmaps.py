@@ -264,7 +264,10 @@ def test_sc_colour_layer_blends_the_chosen_map_under_the_graphics(result, header
         before, after = a.pixel_array.astype(int), b.pixel_array.astype(int)
         assert before.shape == after.shape == (*values.shape, 3)
         differs = (before != after).any(axis=-1)
-        assert not differs[:, values[0] < BAND_EDGES[0]].any(), "no colour under the first band edge"
+        # The legend line is added to the banner (top left); below it, nothing under the first edge changes.
+        below_banner = np.zeros_like(differs)
+        below_banner[values.shape[0] // 2 :, :] = True
+        assert not (differs & below_banner)[:, values[0] < BAND_EDGES[0]].any(), "no colour under the first band edge"
         right = values[0] >= BAND_EDGES[-1]
         grey_pixels = (before[..., 0] == before[..., 1]) & (before[..., 1] == before[..., 2])
         red_band = grey_pixels & right[None, :]

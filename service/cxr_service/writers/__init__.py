@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 
-from cxr_service.heatmaps import NO_HEATMAPS, HeatmapOptions
+from cxr_service.heatmaps import NO_HEATMAPS, Heatmap, HeatmapOptions
 from cxr_service.patients import patient_of, single_patient
 from cxr_service.results import ImageResult, StudyResult
 from cxr_service.uids import KIND_GSPS, KIND_HEATMAP, KIND_SC, KIND_SEG, KIND_SR, OUTPUT_KINDS, patient_scope
@@ -120,7 +120,7 @@ def _write_all(
         problems.append(OutputProblem(KIND_SR, result.study_instance_uid, f"written without image details: {reason}"))
         sr = write_sr(result, {uid: identifying_header(ds) for uid, ds in checked.items()}, created=created)
 
-    def sc_layer(image: ImageResult) -> np.ndarray | None:
+    def sc_layer(image: ImageResult) -> Heatmap | None:
         if heatmaps.sc_layer == "none":
             return None
         return sc_layer_values(image, heatmaps.sc_layer, displays[image.sop_instance_uid].shape)

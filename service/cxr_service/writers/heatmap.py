@@ -239,11 +239,17 @@ def colour_planes(grey8: np.ndarray, values: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(rgb[:, :, c]) for c in range(3)]
 
 
-def sc_layer_values(image: ImageResult, name: str, shape: Sequence[int]) -> np.ndarray | None:
-    """The values of ``image``'s heatmap ``name`` for the SC colour layer, or None without one."""
+def sc_layer_values(image: ImageResult, name: str, shape: Sequence[int]) -> Heatmap | None:
+    """``image``'s heatmap ``name`` for the SC colour layer (checked against the display's
+    shape), or None without one."""
     heatmap = next((h for h in image.heatmaps if h.name == name), None)
     if heatmap is None:
         return None
     if heatmap.values.shape != tuple(shape):
         raise ValueError(f"heatmap {name} of image {image.sop_instance_uid} has shape {heatmap.values.shape}, the display {tuple(shape)}")
-    return heatmap.values
+    return heatmap
+
+
+def legend(heatmap: Heatmap) -> str:
+    """The SC banner line that says what the colours are."""
+    return f"colour: {LABELS[heatmap.name].lower()} {BAND_EDGES[0]:.1f}-1 (blue to red)"

@@ -23,7 +23,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from cxr_service.results import ImageResult, StudyResult
 from cxr_service.uids import KIND_SC, instance_uid, series_uid
-from cxr_service.writers.heatmap import colour_planes
+from cxr_service.heatmaps import Heatmap
+from cxr_service.writers.heatmap import colour_planes, legend
 from cxr_service.writers.common import (
     NOT_FOR_CLINICAL_USE,
     SERIES_NUMBERS,
@@ -97,10 +98,10 @@ def render(
     *,
     result: StudyResult,
     max_side: int = DEFAULT_MAX_SIDE,
-    heatmap: np.ndarray | None = None,
+    heatmap: Heatmap | None = None,
 ) -> np.ndarray:
     """The burned-in RGB uint8 image (rows, columns, 3) for one analysed image; ``heatmap``
-    (values in [0, 1], the display's size) is blended in under the graphics
+    (values the display's size) is blended in under the graphics, with a legend line
     (:func:`cxr_service.writers.heatmap.colour_planes`)."""
     if display.ndim != 2:
         raise ValueError(f"display of image {image.sop_instance_uid} must be 2-D, got shape {display.shape}")
@@ -119,7 +120,8 @@ def render(
     # magnitude faster than repeating the grey plane into an (rows, columns, 3) array.
     channels = [grey8, grey8, grey8]
     if heatmap is not None:
-        channels = colour_planes(grey8, heatmap if not resized else resize(heatmap, height=out_rows, width=out_columns))
+        values = heatmap.values if not resized else resize(heatmap.values, height=out_rows, width=out_columns)
+        channels = colour_planes(grey8, values)
     if image.lung_mask is not None:
         if image.lung_mask.shape != (rows, columns):
             raise ValueError(
@@ -160,6 +162,8 @@ def render(
         banner.append(f"study: {result.study_label}")
     if image.opacity_percent is not None:
         banner.append(f"opacity {image.opacity_percent:.1f}% of lungs")
+    if heatmap is not None:
+        banner.append(legend(heatmap))
     if result.algorithm.demo_weights:
         banner.append(DEMO_BANNER)
     margin = max(2, round(longest / 200))
@@ -186,7 +190,7 @@ def sc_for_image(
     number: int,
     created: datetime.datetime,
     max_side: int = DEFAULT_MAX_SIDE,
-    heatmap: np.ndarray | None = None,
+    heatmap: Heatmap | None = None,
 ) -> hd.sc.SCImage:
     """The Secondary Capture of one analysed image (``number``: its Instance Number; ``heatmap``:
     the colour layer's values, see :func:`render`)."""
