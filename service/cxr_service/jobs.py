@@ -381,8 +381,8 @@ class SqliteJobStore(JobStore):
             self._local.db = db
         return db
 
-    def _tx(self) -> _SqliteTransaction:
-        return _SqliteTransaction(self._connect())
+    def _tx(self) -> SqliteTransaction:
+        return SqliteTransaction(self._connect())
 
     def insert_unless_active(self, job: Job) -> tuple[Job, bool]:
         names = [str(s) for s in ACTIVE_STATES]
@@ -500,7 +500,7 @@ class SqliteJobStore(JobStore):
             self._local.db = None
 
 
-class _SqliteTransaction:
+class SqliteTransaction:
     """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error): serialises writers across processes."""
 
     def __init__(self, db: sqlite3.Connection) -> None:

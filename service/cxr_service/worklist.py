@@ -35,7 +35,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from cxr_service.jobs import Job
+from cxr_service.jobs import Job, SqliteTransaction
 from cxr_service.patients import study_key
 from cxr_service.settings import Settings
 from cxr_service.triage import RANK, Priority, at_least
@@ -248,8 +248,8 @@ class SqliteTriageStore(TriageStore):
             self._local.db = db
         return db
 
-    def _tx(self) -> _Transaction:
-        return _Transaction(self._connect())
+    def _tx(self) -> SqliteTransaction:
+        return SqliteTransaction(self._connect())
 
     def record(self, entry: WorklistEntry, *, notice: Notice | None = None) -> bool:
         with self._tx() as db:
@@ -332,20 +332,6 @@ class SqliteTriageStore(TriageStore):
         if db is not None:
             db.close()
             self._local.db = None
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error)."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 # Claims the due notices atomically: each gets a score (next try) of now + lease.
