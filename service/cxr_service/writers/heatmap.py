@@ -56,13 +56,11 @@ from cxr_service import codes
 from cxr_service.heatmaps import ATTRIBUTION, OPACITY, Heatmap
 from cxr_service.results import AlgorithmInfo, ImageResult, StudyResult
 from cxr_service.uids import KIND_HEATMAP, derive_uid, instance_uid
-from cxr_service.writers.seg import _add_projection_orientation, _pixel_measures
+from cxr_service.writers.seg import _pixel_measures, finish_projection_seg
 from cxr_service.writers.common import (
     DEMO_SUFFIX,
-    NOT_FOR_CLINICAL_USE,
     algorithm_identification_sequence,
     contributing_equipment,
-    finalize,
     image_shape,
     source_header,
 )
@@ -130,16 +128,6 @@ def _segments(heatmap: Heatmap, image: ImageResult, *, algorithm: AlgorithmInfo)
     return segments
 
 
-def _set_dimension_organization_uid(seg: hd.seg.Segmentation, uid: str) -> None:
-    """Replace the random Dimension Organization UID highdicom generates (keeps re-runs identical)."""
-    old = {item.DimensionOrganizationUID for item in seg.DimensionOrganizationSequence}
-    for item in seg.DimensionOrganizationSequence:
-        item.DimensionOrganizationUID = uid
-    for item in seg.get("DimensionIndexSequence", []):
-        if item.get("DimensionOrganizationUID") in old:
-            item.DimensionOrganizationUID = uid
-
-
 def heatmap_series_uid(image: ImageResult, name: str, *, model_version: str) -> str:
     """The Series Instance UID of an image's heatmap SEG (one series per image and map)."""
     return derive_uid(source_uid=image.sop_instance_uid, model_version=model_version, kind=f"series/{KIND_HEATMAP}/{name}")
@@ -187,17 +175,10 @@ def heatmap_seg(
         series_date=created.date(),
         series_time=created.time(),
     )
-    _set_dimension_organization_uid(
-        seg, derive_uid(source_uid=image.sop_instance_uid, model_version=version, kind=f"{KIND_HEATMAP}/{heatmap.name}/dimensions")
+    return finish_projection_seg(
+        seg, source=ds, image=image, algorithm=algorithm, created=created,
+        dimensions_kind=f"{KIND_HEATMAP}/{heatmap.name}/dimensions",
     )
-    _add_projection_orientation(seg)
-    if "PatientOrientation" not in seg:
-        # Type 2C in General Image when there is no plane orientation (projection radiograph).
-        seg.PatientOrientation = ds.get("PatientOrientation") or None
-    if algorithm.demo_weights:
-        seg.ImageComments = NOT_FOR_CLINICAL_USE
-    finalize(seg, created=created)
-    return seg
 
 
 def heatmap_segs_for_image(

@@ -207,13 +207,29 @@ def seg_for_image(
         series_time=created.time(),
     )
     seg.__class__ = hd.seg.Segmentation
+    return finish_projection_seg(
+        seg, source=ds, image=image, algorithm=algorithm, created=created, dimensions_kind="seg/dimensions"
+    )
+
+
+def finish_projection_seg(
+    seg: hd.seg.Segmentation,
+    *,
+    source: pydicom.Dataset,
+    image: ImageResult,
+    algorithm: AlgorithmInfo,
+    created: datetime.datetime,
+    dimensions_kind: str,
+) -> hd.seg.Segmentation:
+    """What every SEG of a projection radiograph gets after highdicom built it: a deterministic
+    Dimension Organization UID, the placing-only orientation, Patient Orientation, the demo notice."""
     _set_dimension_organization_uid(
-        seg, derive_uid(source_uid=image.sop_instance_uid, model_version=algorithm.version, kind="seg/dimensions")
+        seg, derive_uid(source_uid=image.sop_instance_uid, model_version=algorithm.version, kind=dimensions_kind)
     )
     _add_projection_orientation(seg)
     if "PatientOrientation" not in seg:
         # Type 2C in General Image when there is no plane orientation (projection radiograph).
-        seg.PatientOrientation = ds.get("PatientOrientation") or None
+        seg.PatientOrientation = source.get("PatientOrientation") or None
     if algorithm.demo_weights:
         seg.ImageComments = NOT_FOR_CLINICAL_USE
     finalize(seg, created=created)
