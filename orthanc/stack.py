@@ -184,7 +184,7 @@ def start_all(args: argparse.Namespace) -> None:
     print("cxr is up (demo weights: not for clinical use).")
     print(f"  viewer (OHIF)      http://localhost:{VIEWER_PORT}/" + (f"viewer?StudyInstanceUIDs={study}" if study else ""))
     print(f"  Orthanc            http://localhost:{ORTHANC_HTTP}/  (DICOM: AE ORTHANC, port {ORTHANC_DICOM})")
-    print(f"  API docs           http://localhost:{SERVICE_PORT}/docs")
+    print(f"  API (OpenAPI)      http://localhost:{SERVICE_PORT}/openapi.json  (bearer token; /docs only with CXR_DOCS_PUBLIC=true)")
     print(f"  credentials        {ENV_FILE} (CXR_ORTHANC_USER / CXR_ORTHANC_PASSWORD for Orthanc and the viewer, CXR_API_TOKEN for the API)")
     print(f"  logs               {LOG}/")
     if study:
