@@ -4,8 +4,8 @@
 //   node orthanc/viewer/screenshot.mjs --url http://127.0.0.1:3000 --study UID \
 //        --user U --password P --out viewer.png [--before-out before.png] [--sr-series 9901]
 //
-// Drives Debian's /usr/bin/chromium (headless) with puppeteer-core: answers the basic-auth
-// challenge (page.authenticate), opens /viewer?StudyInstanceUIDs=UID, dismisses the
+// Drives Debian's /usr/bin/chromium (headless) with puppeteer-core (ohif_page.mjs): answers the
+// basic-auth challenge (page.authenticate), opens /viewer?StudyInstanceUIDs=UID, dismisses the
 // investigational-use banner and the onboarding tour if they show, waits for the image,
 // optionally saves a screenshot before the SR is loaded (--before-out), then loads the SR the
 // way a user does in OHIF 3.13: double-click the SR series in the study browser. OHIF opens it
@@ -30,124 +30,20 @@
 //                                 the referenced image, and screenshot it; --before-out is the
 //                                 referenced image before the SEG was loaded.
 
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { parseArgs } from 'node:util';
+import { dismissOverlays, fail, getOptions, main, newReport, sleep, viewportRect, waitFor, withStudyPage } from './ohif_page.mjs';
 
 const USAGE =
   'usage: node screenshot.mjs --url URL --study UID --user U --password P --out FILE.png ' +
   '[--before-out FILE.png] [--sr-series NUMBER] [--mode sr|series|seg] [--modality OT] ' +
   '[--chromium PATH] [--timeout SECONDS] [--width W --height H]';
 
-const CHROMIUM_FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--enable-unsafe-swiftshader',
-];
-
-class Failure extends Error {}
-
-function fail(message) {
-  throw new Failure(message);
-}
-
-const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
-
-function getOptions() {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      options: {
-        url: { type: 'string' },
-        study: { type: 'string' },
-        user: { type: 'string' },
-        password: { type: 'string' },
-        out: { type: 'string' },
-        'before-out': { type: 'string' },
-        'sr-series': { type: 'string' },
-        mode: { type: 'string', default: 'sr' },
-        modality: { type: 'string', default: 'OT' },
-        chromium: { type: 'string', default: process.env.CHROMIUM_PATH || '/usr/bin/chromium' },
-        timeout: { type: 'string', default: '90' },
-        width: { type: 'string', default: '1600' },
-        height: { type: 'string', default: '1000' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
-  } catch (err) {
-    fail(`${err.message}\n${USAGE}`);
-  }
-  if (values.help) {
-    console.log(USAGE);
-    process.exit(0);
-  }
-  for (const name of ['url', 'study', 'user', 'password', 'out']) {
-    if (!values[name]) {
-      fail(`--${name} is required\n${USAGE}`);
-    }
-  }
-  if (!['sr', 'series', 'seg'].includes(values.mode)) {
-    fail(`--mode must be sr, series or seg\n${USAGE}`);
-  }
-  return {
-    ...values,
-    url: values.url.replace(/\/+$/, ''),
-    timeoutMs: Number(values.timeout) * 1000,
-    width: Number(values.width),
-    height: Number(values.height),
-  };
-}
-
-async function loadPuppeteer() {
-  try {
-    return (await import('puppeteer-core')).default;
-  } catch {
-    fail('puppeteer-core is not installed: run `npm ci --prefix orthanc/viewer`');
-  }
-}
-
-/** Poll `fn` (async, returns a truthy value when done) until `timeoutMs`. */
-async function waitFor(fn, timeoutMs, what, intervalMs = 250) {
-  const deadline = Date.now() + timeoutMs;
-  let lastError;
-  while (Date.now() < deadline) {
-    try {
-      const value = await fn();
-      if (value) {
-        return value;
-      }
-    } catch (err) {
-      lastError = err;
-    }
-    await sleep(intervalMs);
-  }
-  fail(`timed out after ${Math.round(timeoutMs / 1000)} s waiting for ${what}` + (lastError ? ` (${lastError.message})` : ''));
-}
-
-/** Close the investigational-use banner and the onboarding tour if either is showing. */
-async function dismissOverlays(page, seen) {
-  const banner = await page.$('[data-cy="confirm-and-hide-button"]');
-  if (banner) {
-    await banner.click();
-    seen.banner_dismissed = true;
-  }
-  if (await page.$('.shepherd-element')) {
-    await page.keyboard.press('Escape');
-    await sleep(200);
-    const cancel = await page.$('.shepherd-cancel-icon');
-    if (cancel) {
-      await cancel.click();
-    }
-    seen.tour_dismissed = true;
-  }
-}
+// Options besides the common ones of ohif_page.mjs (url, study, user, password, out, before-out,
+// chromium, timeout, width, height).
+const OPTIONS = {
+  'sr-series': { type: 'string' },
+  mode: { type: 'string', default: 'sr' },
+  modality: { type: 'string', default: 'OT' },
+};
 
 /** Share of non-black pixels in the viewport's 2D canvas (cornerstone copies each frame there). */
 function canvasFill(page) {
@@ -234,17 +130,6 @@ function drawnAnnotations(page) {
   });
 }
 
-function viewportRect(page) {
-  return page.evaluate(() => {
-    const canvas = document.querySelector('.cornerstone-canvas');
-    if (!canvas) {
-      return null;
-    }
-    const r = canvas.getBoundingClientRect();
-    return { x: Math.round(r.left), y: Math.round(r.top), width: Math.round(r.width), height: Math.round(r.height) };
-  });
-}
-
 /** Measurements OHIF parsed from the SR in the viewport (diagnostic; OHIF exposes `window.services`). */
 function srMeasurements(page) {
   return page.evaluate(() => {
@@ -317,56 +202,8 @@ async function openOtherOutput(page, opts, report) {
 }
 
 async function run(opts) {
-  if (!fs.existsSync(opts.chromium)) {
-    fail(`no Chromium at ${opts.chromium}: apt-get install chromium (or pass --chromium PATH)`);
-  }
-  const puppeteer = await loadPuppeteer();
-  const started = Date.now();
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cxr-viewer-chromium-'));
-  const report = {
-    url: null,
-    study: opts.study,
-    screenshot: path.resolve(opts.out),
-    before_screenshot: opts['before-out'] ? path.resolve(opts['before-out']) : null,
-    banner_dismissed: false,
-    tour_dismissed: false,
-    hydrate_prompt: false,
-    render_nudge: null,
-    console_errors: [],
-    page_errors: [],
-    failed_requests: [],
-  };
-  const browser = await puppeteer.launch({
-    executablePath: opts.chromium,
-    headless: true,
-    args: [...CHROMIUM_FLAGS, `--window-size=${opts.width},${opts.height}`],
-    userDataDir,
-    defaultViewport: { width: opts.width, height: opts.height, deviceScaleFactor: 1 },
-  });
-  let page;
-  try {
-    page = await browser.newPage();
-    page.setDefaultTimeout(opts.timeoutMs);
-    page.on('console', msg => {
-      if (msg.type() === 'error') {
-        report.console_errors.push(msg.text().slice(0, 500));
-      }
-    });
-    page.on('pageerror', err => report.page_errors.push(String(err.message || err).slice(0, 500)));
-    page.on('requestfailed', req => report.failed_requests.push(`${req.failure()?.errorText} ${req.url().slice(0, 200)}`));
-    page.on('response', res => {
-      if (res.status() >= 400 && res.status() !== 401) {
-        report.failed_requests.push(`${res.status()} ${res.url().slice(0, 200)}`);
-      }
-    });
-    await page.authenticate({ username: opts.user, password: opts.password });
-
-    report.url = `${opts.url}/viewer?StudyInstanceUIDs=${encodeURIComponent(opts.study)}`;
-    const response = await page.goto(report.url, { waitUntil: 'networkidle2', timeout: opts.timeoutMs });
-    if (!response || !response.ok()) {
-      fail(`GET ${report.url} answered ${response ? response.status() : 'nothing'}` + (response?.status() === 401 ? ' (wrong user or password?)' : ''));
-    }
-
+  const report = newReport(opts, { render_nudge: null });
+  return withStudyPage(opts, report, async page => {
     // The image: a canvas with something on it, and OHIF's window/level overlay. In the series
     // mode the study's first image may stay black (a Pixel Spacing of 0\0): the overlay suffices.
     const blackFirstAllowed = opts.mode === 'series';
@@ -391,7 +228,7 @@ async function run(opts) {
     }
     if (opts.mode !== 'sr') {
       await openOtherOutput(page, opts, report);
-      return report;
+      return;
     }
 
     // The SR series in the study browser.
@@ -450,32 +287,7 @@ async function run(opts) {
       fail('the viewport is black after loading the SR');
     }
     await page.screenshot({ path: opts.out });
-  } catch (err) {
-    // Keep what the browser showed, and say what went wrong in the page.
-    const failedShot = opts.out.replace(/(\.png)?$/i, '-failed.png');
-    const saved = page ? await page.screenshot({ path: failedShot }).then(() => true).catch(() => false) : false;
-    const context = [
-      saved ? `screenshot of the failure: ${failedShot}` : null,
-      ...report.page_errors.map(e => `page error: ${e}`),
-      ...report.console_errors.slice(0, 10).map(e => `console error: ${e}`),
-      ...report.failed_requests.slice(0, 10).map(e => `request: ${e}`),
-    ].filter(Boolean);
-    if (err instanceof Failure && context.length) {
-      err.message += '\n  ' + context.join('\n  ');
-    }
-    throw err;
-  } finally {
-    report.seconds = Number(((Date.now() - started) / 1000).toFixed(1));
-    await browser.close().catch(() => {});
-    fs.rmSync(userDataDir, { recursive: true, force: true });
-  }
-  return report;
+  });
 }
 
-try {
-  const report = await run(getOptions());
-  process.stdout.write(JSON.stringify(report, null, 2) + '\n');
-} catch (err) {
-  process.stderr.write(`screenshot.mjs: ${err instanceof Failure ? err.message : err.stack || err}\n`);
-  process.exit(1);
-}
+await main('screenshot.mjs', () => run(getOptions(USAGE, OPTIONS, ['url', 'study', 'user', 'password', 'out'])));

@@ -1,12 +1,14 @@
 """The heatmaps in the OHIF viewer, with real processes and a real browser: Orthanc (with the cxr
-plugin) and a service with ``CXR_HEATMAPS=true`` analyse a C-STOREd PhantomCXR study and a
-real-looking DX chest radiograph (:mod:`tests.e2e.realistic`); the viewer
+plugin) and a service with ``CXR_HEATMAPS=true`` analyse a C-STOREd PhantomCXR study, a
+real-looking DX chest radiograph and a real one, an NIH ChestX-ray14 image of the real radiograph
+pack wrapped as a DX at test time (:mod:`tests.e2e.realistic`); the viewer
 (orthanc/viewer/launch.py) shows each study, and after the heatmap SEG is loaded
 (orthanc/viewer/heatmap_screenshot.mjs) its value bands are drawn over the image in their colours,
 where the SEG puts them, and nothing is coloured before.
 
 Needs what test_viewer.py needs (Debian `chromium` and `nginx-light`, `npm ci --prefix
-orthanc/viewer`); missing pieces fail the test, they do not skip it.
+orthanc/viewer`); missing pieces fail the test, they do not skip it. The real-radiograph test
+skips only when the pack (``CXR_REALCXR``, default ``<repo>/../shared/realcxr``) is absent.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from tests.e2e.realistic import real_looking_chest
+from tests.e2e.realistic import NIH_DIR, nih_candidates, nih_chest, nih_png, real_looking_chest, realcxr_root
 from tests.e2e.test_viewer import ARTIFACTS, VIEWER, require_viewer_tools
 from tests.service.procs import (
     ORTHANC_PASSWORD,
@@ -231,3 +233,46 @@ def test_viewer_draws_the_heatmaps_over_the_images(heatmap_stack, phantom_studie
         seg = heatmap_seg(orthanc, study_uid, series)
         summary[name] = {"report": report, "pixels": check_heatmap_pixels(report, seg, out, before)}
     (ARTIFACTS / "viewer-heatmap.json").write_text(json.dumps(summary, indent=2))
+
+
+def first_analysed_nih_image(root: Path) -> tuple[str, dict]:
+    """The first of :func:`nih_candidates` (sorted) that the shipped models analyse (frontal, in
+    distribution, plausible lung fields), with what they said of it. Chosen at test time, from
+    the PNG as the DX wraps it (same display values), so the choice follows the weights."""
+    from cxr_models.imaging import read_image_display
+    from cxr_models.inference.pipeline import Analyzer
+
+    analyzer = Analyzer.load(device="cpu")
+    names = nih_candidates(root)
+    assert names, f"no NIH image in {root / NIH_DIR} is a candidate (PA, Pneumonia, RSNA Target 1, square original)"
+    passed = {}
+    for name in names:
+        prediction = analyzer.analyze_study([read_image_display(nih_png(root, name))])
+        image = prediction.images[0]
+        if image.analysed:
+            return name, {"label": prediction.label, "ood_score": image.ood_score, "skipped": passed, "weights": analyzer.version}
+        passed[name] = image.reason
+    raise AssertionError(f"the shipped models analyse none of the {len(names)} candidate NIH images: {passed}")
+
+
+def test_viewer_draws_the_heatmaps_over_a_real_radiograph(heatmap_stack, tmp_path: Path) -> None:
+    root = realcxr_root()
+    if not (root / NIH_DIR).is_dir():
+        pytest.skip(f"real radiograph pack not found at {root}: set CXR_REALCXR")
+    orthanc, url, work = heatmap_stack
+    name, analysis = first_analysed_nih_image(root)
+    path = nih_chest(work / "real", root, name)
+    study_uid = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+    send_and_wait(orthanc, [path], study_uid)
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, object] = {"image": f"{NIH_DIR}/images/{name}", "analysis": analysis}
+    # Both maps, with the same pixel checks as the other studies: on this image each has at
+    # least two bands wide enough to sample (check_heatmap_pixels asserts it).
+    for kind, series in (("opacity", OPACITY_SERIES), ("attribution", ATTRIBUTION_SERIES)):
+        out, before = tmp_path / f"real-{kind}.png", tmp_path / f"real-{kind}-before.png"
+        report = run_heatmap_screenshot(url, study_uid, series, out, before)
+        shutil.copyfile(out, ARTIFACTS / f"viewer-heatmap-real-{kind}.png")
+        seg = heatmap_seg(orthanc, study_uid, series)
+        summary[kind] = {"report": report, "pixels": check_heatmap_pixels(report, seg, out, before)}
+    (ARTIFACTS / "viewer-heatmap-real.json").write_text(json.dumps(summary, indent=2))
