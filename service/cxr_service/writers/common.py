@@ -25,7 +25,7 @@ from pydicom.valuerep import DA, DT, TM
 from cxr_service import codes
 from cxr_service.results import AlgorithmInfo, ImageResult
 from cxr_service.uids import KIND_GSPS, KIND_SC, KIND_SEG, KIND_SR, device_uid
-from cxr_service.writers.sources import writable_source
+from cxr_service.writers.sources import checked_copy
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +120,14 @@ def source_header(sources: Mapping[str, pydicom.Dataset], sop_instance_uid: str)
     attributes highdicom needs.
 
     Returns a checked copy without pixel data (:func:`cxr_service.writers.sources.writable_source`:
-    invalid attributes left out or repaired); the caller's dataset is not modified.
+    invalid attributes left out or repaired; a header :func:`~cxr_service.writers.write_all`
+    already checked is only copied); the caller's dataset is not modified.
     """
     try:
         ds = sources[sop_instance_uid]
     except KeyError:
         raise KeyError(f"no source header for SOP Instance UID {sop_instance_uid!r}") from None
-    checked = writable_source(ds)
+    checked = checked_copy(ds)
     for repair in checked.repairs:
         logger.debug("source image %s: %s", sop_instance_uid, repair)
     header = checked.dataset

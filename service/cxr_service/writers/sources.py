@@ -93,6 +93,11 @@ class Repair:
         return f"{self.keyword} {self.action}: {self.reason}"
 
 
+class CheckedHeader(pydicom.Dataset):
+    """A header made by :func:`writable_source`. Checking it again changes nothing, so
+    :func:`checked_copy` only copies it (one check per source and study, not one per writer)."""
+
+
 @dataclass(frozen=True, eq=False)
 class WritableSource:
     """A source header fit to copy into our outputs, and what was changed to make it so."""
@@ -103,7 +108,7 @@ class WritableSource:
 
 def writable_source(ds: pydicom.Dataset) -> WritableSource:
     """A checked copy of ``ds`` (see the module docstring); ``ds`` itself is not modified."""
-    out = pydicom.Dataset()
+    out = CheckedHeader()
     repairs: list[Repair] = []
     for tag in list(ds.keys()):
         tag = Tag(tag)
@@ -126,6 +131,20 @@ def writable_source(ds: pydicom.Dataset) -> WritableSource:
     if hasattr(ds, "file_meta"):
         out.file_meta = ds.file_meta
     return WritableSource(out, tuple(repairs))
+
+
+def checked_copy(ds: pydicom.Dataset) -> WritableSource:
+    """A copy of ``ds`` the caller may add attributes to: a :class:`CheckedHeader` is copied
+    as it is (its elements shared, as :func:`writable_source` shares them), anything else is
+    checked first."""
+    if not isinstance(ds, CheckedHeader):
+        return writable_source(ds)
+    out = CheckedHeader()
+    for element in ds:
+        out.add(element)
+    if hasattr(ds, "file_meta"):
+        out.file_meta = ds.file_meta
+    return WritableSource(out, ())
 
 
 def writable_sources(sources: Mapping[str, pydicom.Dataset]) -> dict[str, pydicom.Dataset]:
