@@ -1,9 +1,12 @@
 """DIMSE for PACS without DICOMweb (pynetdicom): a C-STORE SCU for the outputs and the
 Storage SCP behind ``cxr scp``.
 
-The SCP writes every received instance, as received, into a spool folder per study
-(``<spool>/<StudyInstanceUID>/<SOPInstanceUID>.dcm``); a study with no new instance for
-``idle_s`` seconds is closed and handed to ``on_study_closed``. A handler that raises answers
+The SCP writes every received instance, as received, into a spool folder per study and patient
+(``<spool>/<StudyInstanceUID>_<patient digest>/<SOPInstanceUID>.dcm``, see
+:func:`spool_folder_name`: one study is one patient's, :mod:`cxr_service.patients`, so two
+patients' instances sent under one StudyInstanceUID are two studies, analysed apart); a study
+with no new instance for ``idle_s`` seconds is closed and handed to ``on_study_closed`` as a
+:class:`SpooledStudy`. A handler that raises answers
 with a failure status and logs the traceback: the server keeps serving. An instance whose
 Study, Series or SOP Instance UID is missing or invalid (:func:`cxr_service.uids.uid_problem`)
 is refused with status A900 and the reason in the Error Comment; nothing of it is spooled.
@@ -27,6 +30,7 @@ from pynetdicom.sop_class import Verification
 
 from cxr_service.failures import PermanentFailure, TransientFailure
 from cxr_service.outputs import safe_uid_component
+from cxr_service.patients import patient_digest, patient_of
 from cxr_service.uids import uid_problem
 
 logger = logging.getLogger(__name__)
@@ -91,7 +95,23 @@ def _transfer_syntax(ds: pydicom.Dataset) -> str:
     return str(syntax or ExplicitVRLittleEndian)
 
 
-StudyClosed = Callable[[str, Path], None]
+@dataclass(frozen=True)
+class SpooledStudy:
+    """A closed study of the spool: the instances of one patient (``patient_id``, ``""`` for
+    instances without one) under one Study Instance UID, in ``folder``."""
+
+    study_instance_uid: str
+    patient_id: str
+    folder: Path
+
+
+StudyClosed = Callable[[SpooledStudy], None]
+
+
+def spool_folder_name(study_instance_uid: str, patient_id: str) -> str:
+    """The spool folder of a study and patient: the (safe) UID and the patient's digest, never
+    the Patient ID itself (UIDs hold digits and dots only, so ``_`` separates)."""
+    return f"{safe_uid_component(study_instance_uid)}_{patient_digest(patient_id)}"
 
 
 class StorageSCP:
@@ -103,7 +123,7 @@ class StorageSCP:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.idle_s = idle_s
         self.on_study_closed = on_study_closed
-        self._last_seen: dict[str, float] = {}
+        self._last_seen: dict[tuple[str, str], float] = {}  # (StudyInstanceUID, PatientID) -> last instance
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server = None
@@ -145,7 +165,8 @@ class StorageSCP:
                 # The value itself is not logged: it is whatever the sender put there.
                 logger.warning("C-STORE: refused an instance with an invalid %s (%s)", keyword, problem)
                 return _status(STATUS_DATASET_DOES_NOT_MATCH, f"invalid {keyword}: {problem}")
-        folder = self.spool_dir / safe_uid_component(study_uid)
+        patient = patient_of(ds) or ""
+        folder = self.spool_dir / spool_folder_name(study_uid, patient)
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{safe_uid_component(sop_uid)}.dcm"
         tmp = target.with_name(target.name + ".part")
@@ -153,28 +174,32 @@ class StorageSCP:
             fh.write(event.encoded_dataset(include_meta=True))
         os.replace(tmp, target)
         with self._lock:
-            self._last_seen[study_uid] = time.monotonic()
+            self._last_seen[(study_uid, patient)] = time.monotonic()
         return STATUS_SUCCESS
 
     # --- idle study closing -------------------------------------------------------------
     def close_idle_studies(self, *, now: float | None = None) -> list[str]:
+        """Hand over every study idle for ``idle_s``; returns their Study Instance UIDs (a UID
+        twice when two patients' studies under it closed)."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            idle = [uid for uid, seen in self._last_seen.items() if now - seen >= self.idle_s]
-            for uid in idle:
-                del self._last_seen[uid]
-        for uid in idle:
+            idle = [key for key, seen in self._last_seen.items() if now - seen >= self.idle_s]
+            for key in idle:
+                del self._last_seen[key]
+        for uid, patient in idle:
+            study = SpooledStudy(study_instance_uid=uid, patient_id=patient, folder=self.spool_dir / spool_folder_name(uid, patient))
             try:
-                self.on_study_closed(uid, self.spool_dir / safe_uid_component(uid))
+                self.on_study_closed(study)
             except Exception:
                 logger.exception("study %s: could not hand over the closed study; retrying", uid)
                 with self._lock:
-                    self._last_seen.setdefault(uid, now)
-        return idle
+                    self._last_seen.setdefault((uid, patient), now)
+        return [uid for uid, _ in idle]
 
     def pending_studies(self) -> list[str]:
+        """Study Instance UIDs with instances received and not yet handed over (one per patient)."""
         with self._lock:
-            return sorted(self._last_seen)
+            return sorted(uid for uid, _ in self._last_seen)
 
     def _closer_loop(self) -> None:
         interval = min(1.0, self.idle_s / 4)

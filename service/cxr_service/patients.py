@@ -78,8 +78,13 @@ def study_key(study_instance_uid: str, patient_id: str | None) -> str:
     patient data in store keys). UIDs hold digits and dots only, so ``/`` separates."""
     if patient_id is None:
         return study_instance_uid
-    digest = hashlib.sha256(patient_id.encode("utf-8", "surrogateescape")).hexdigest()[:24]
-    return f"{study_instance_uid}/{digest}"
+    return f"{study_instance_uid}/{patient_digest(patient_id)}"
+
+
+def patient_digest(patient_id: str) -> str:
+    """24 hex digits of the Patient ID's SHA-256: names a patient in keys and paths without
+    patient data."""
+    return hashlib.sha256(patient_id.encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
 def single_patient(patients: Iterable[tuple[str, str | None]], *, study_instance_uid: str, expected: str | None = None) -> str | None:

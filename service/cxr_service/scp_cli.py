@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pydicom
 
-from cxr_service.dimse import StorageSCP
+from cxr_service.dimse import SpooledStudy, StorageSCP
 from cxr_service.engine import LazyEngine
 from cxr_service.jobqueue import JobQueue
 from cxr_service.jobs import JobKind
+from cxr_service.patients import patient_of
 from cxr_service.settings import Settings, load_settings
 from cxr_service.worker import EmbeddedWorker
 
@@ -39,24 +40,30 @@ def spool_dir(settings: Settings) -> Path:
     return settings.data_dir / "spool"
 
 
-def submit_spooled(queue: JobQueue, study_instance_uid: str, folder: Path) -> None:
-    job, created = queue.submit(study_instance_uid=study_instance_uid, kind=JobKind.SPOOL, spool=str(folder.resolve()))
-    logger.info("study %s closed: job %s%s", study_instance_uid, job.id, "" if created else " (already queued)")
+def submit_spooled(queue: JobQueue, study: SpooledStudy) -> None:
+    """Queue a closed study of the spool as a job of its patient (only that patient's instances
+    are analysed, :class:`cxr_service.worker.JobRunner`)."""
+    job, created = queue.submit(
+        study_instance_uid=study.study_instance_uid, kind=JobKind.SPOOL, spool=str(study.folder.resolve()), patient_id=study.patient_id
+    )
+    logger.info("study %s closed: job %s%s", study.study_instance_uid, job.id, "" if created else " (already queued)")
 
 
 def recover_spool(queue: JobQueue, folder: Path) -> int:
-    """Queue every study folder left in the spool by an earlier run."""
+    """Queue every study folder left in the spool by an earlier run (as the patient of its first
+    file: a folder an earlier version filled by StudyInstanceUID alone may hold several)."""
     count = 0
     for study_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         first = next((f for f in sorted(study_dir.glob("*.dcm"))), None)
         if first is None:
             continue
         try:
-            uid = str(pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+            ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "PatientID"])
+            uid = str(ds.StudyInstanceUID)
         except Exception as exc:
             logger.warning("spool: cannot read %s (%s); left in place", first.name, type(exc).__name__)
             continue
-        submit_spooled(queue, uid, study_dir)
+        submit_spooled(queue, SpooledStudy(study_instance_uid=uid, patient_id=patient_of(ds) or "", folder=study_dir))
         count += 1
     return count
 
@@ -75,7 +82,7 @@ def main(args: argparse.Namespace) -> None:
         ae_title=settings.scp_ae_title,
         spool_dir=spool_dir(settings),
         idle_s=settings.scp_idle_s,
-        on_study_closed=lambda uid, folder: submit_spooled(queue, uid, folder),
+        on_study_closed=lambda study: submit_spooled(queue, study),
     )
     recovered = recover_spool(queue, spool_dir(settings))
     if recovered:

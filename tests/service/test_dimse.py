@@ -1,5 +1,6 @@
 """The Storage SCP in-process (no models): an instance with a missing or invalid UID gets a
-failure status with its reason and nothing of it is spooled; a valid one is spooled."""
+failure status with its reason and nothing of it is spooled; a valid one is spooled under its
+study and patient, and two patients' instances under one StudyInstanceUID are two studies."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
-from cxr_service.dimse import STATUS_DATASET_DOES_NOT_MATCH, STATUS_SUCCESS, StorageSCP
+from cxr_service.dimse import STATUS_DATASET_DOES_NOT_MATCH, STATUS_SUCCESS, SpooledStudy, StorageSCP, spool_folder_name
 
 # The invalid UIDs are set on purpose; pydicom warns about each.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")
@@ -25,6 +26,8 @@ def instance(**uids: str) -> pydicom.Dataset:
     ds.StudyInstanceUID = uids.get("study", generate_uid())
     ds.SeriesInstanceUID = uids.get("series", generate_uid())
     ds.Modality = "CR"
+    if "patient" in uids:
+        ds.PatientID = uids["patient"]
     ds.Rows = ds.Columns = 8
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -35,9 +38,13 @@ def instance(**uids: str) -> pydicom.Dataset:
 
 
 @pytest.fixture
-def scp(tmp_path: Path):
-    closed: list[str] = []
-    server = StorageSCP(ae_title="CXR", spool_dir=tmp_path / "spool", idle_s=3600, on_study_closed=lambda uid, _: closed.append(uid))
+def closed() -> list[SpooledStudy]:
+    return []
+
+
+@pytest.fixture
+def scp(tmp_path: Path, closed: list[SpooledStudy]):
+    server = StorageSCP(ae_title="CXR", spool_dir=tmp_path / "spool", idle_s=3600, on_study_closed=closed.append)
     port = server.start(host="127.0.0.1", port=0)
     yield server, port
     server.stop()
@@ -72,5 +79,24 @@ def test_invalid_uids_get_a_failure_status_and_nothing_is_spooled(scp, tmp_path:
     # The server keeps serving: a valid instance is spooled under its study.
     good = instance()
     assert c_store(good, port)[0] == STATUS_SUCCESS
-    assert (tmp_path / "spool" / good.StudyInstanceUID / f"{good.SOPInstanceUID}.dcm").is_file()
+    assert (tmp_path / "spool" / spool_folder_name(good.StudyInstanceUID, "") / f"{good.SOPInstanceUID}.dcm").is_file()
     assert server.pending_studies() == [good.StudyInstanceUID]
+
+
+def test_two_patients_under_one_study_uid_are_spooled_and_closed_apart(scp, closed: list[SpooledStudy], tmp_path: Path) -> None:
+    server, port = scp
+    study = generate_uid()
+    sent = {patient: [instance(study=study, patient=patient) for _ in range(n)] for patient, n in (("PID-A", 2), ("PID-B", 1))}
+    for datasets in sent.values():
+        for ds in datasets:
+            assert c_store(ds, port)[0] == STATUS_SUCCESS
+    assert server.pending_studies() == [study, study]
+    assert server.close_idle_studies(now=float("inf")) == [study, study]
+    assert server.pending_studies() == []
+    by_patient = {s.patient_id: s for s in closed}
+    assert sorted(by_patient) == ["PID-A", "PID-B"] and all(s.study_instance_uid == study for s in closed)
+    for patient, datasets in sent.items():
+        folder = by_patient[patient].folder
+        assert folder == tmp_path / "spool" / spool_folder_name(study, patient)
+        assert "PID" not in folder.name, "no patient data in the spool's names"
+        assert sorted(p.name for p in folder.iterdir()) == sorted(f"{ds.SOPInstanceUID}.dcm" for ds in datasets)
