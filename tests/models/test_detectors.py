@@ -254,6 +254,20 @@ def test_training_samples_keep_boxes_and_opacity_map_aligned(phantom_small: Path
     assert total > 0 and inside / total > 0.9
 
 
+def test_positive_weight_boosts_images_with_boxes_only() -> None:
+    from types import SimpleNamespace
+
+    records = [SimpleNamespace(boxes=b) for b in ((Box(0.0, 0.0, 5.0, 5.0),), (), (Box(1.0, 1.0, 4.0, 4.0),) * 2)]
+    assert trainer.boost_positives(records, None, factor=1.0) is None  # type: ignore[arg-type]
+    assert trainer.boost_positives(records, None, factor=3.0).tolist() == [3.0, 1.0, 3.0]  # type: ignore[arg-type]
+    source = np.array([10.0, 10.0, 1.0])  # e.g. a real source of weight 10 and a synthetic one of weight 1
+    assert trainer.boost_positives(records, source, factor=2.0).tolist() == [20.0, 10.0, 2.0]  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="positive-weight"):
+        trainer.boost_positives(records, None, factor=0.0)  # type: ignore[arg-type]
+    args = trainer.get_args_parser().parse_args(["--arch", "a", "--data", "d", "--out", "o"])
+    assert args.positive_weight == 1.0
+
+
 # --------------------------------------------------------------------------- trainer
 
 
