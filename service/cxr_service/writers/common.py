@@ -278,13 +278,19 @@ def skip_item_corrections(ds: pydicom.Dataset) -> None:
     will be written in (explicit VR little endian, its own character set), which skips only the
     repeated passes: the root's pass still corrects every element, items added later included,
     so the bytes written are the same. Items holding raw (unparsed) elements are left as they are.
+    An item shared by several sequences (the SR's algorithm identification, its coded concepts)
+    is visited once.
     """
     stack = [ds]
+    seen: set[int] = set()
     while stack:
         node = stack.pop()
         for element in node.elements():
             if isinstance(element, DataElement) and element.VR == "SQ":
                 for item in element.value:
+                    if id(item) in seen:
+                        continue
+                    seen.add(id(item))
                     if all(isinstance(e, DataElement) for e in item.elements()):
                         item.set_original_encoding(False, True, item._character_set)
                     stack.append(item)

@@ -36,7 +36,8 @@ from collections.abc import Mapping
 
 import highdicom as hd
 import pydicom
-from cxr_models.records import STUDY_LABELS, VIEWS, Box
+from cxr_models.records import STUDY_LABELS, VIEWS
+from pydicom.dataelem import DataElement
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.sr.coding import Code
 
@@ -59,6 +60,7 @@ from cxr_service.writers.common import (
     series_description,
     source_header,
 )
+from cxr_service.writers.sr_items import GroupBuilder, NumericMeasurement, PlanarGroup
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ _IMAGE_SOP_CLASSES = frozenset(
     }
 )
 _MODALITY_CODES = {"CR": dcm_codes.DCM.ComputedRadiography, "DX": dcm_codes.DCM.DigitalRadiography}
+_CONTENT_SEQUENCE = 0x0040A730
 _UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
@@ -111,98 +114,54 @@ def _observation_context(result: StudyResult) -> hd.sr.ObservationContext:
     )
 
 
-def _region(box: Box, ds: pydicom.Dataset) -> hd.sr.ImageRegion:
-    """Closed 5-point POLYLINE around ``box`` on the source image (OHIF's rectangle format)."""
-    return hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=rectangle(box),
-        source_image=hd.sr.SourceImageForRegion.from_source_image(ds),
-    )
-
-
-def _lung_group(
-    image: ImageResult,
-    ds: pydicom.Dataset,
-    *,
-    number: int,
-    result: StudyResult,
-    algorithm_id: hd.sr.AlgorithmIdentification,
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    version = result.algorithm.version
+def _lung_group(image: ImageResult, ds: pydicom.Dataset, *, number: int, result: StudyResult) -> PlanarGroup:
+    """TID 1410 of an analysed image: its lung region, view and opacity percent."""
     measurements = []
     if image.opacity_percent is not None:
         measurements.append(
-            hd.sr.Measurement(
-                name=codes.OPACITY_PERCENT_OF_LUNG,
-                value=float(image.opacity_percent),
-                unit=codes.UCUM_PERCENT,
-            )
+            NumericMeasurement(name=codes.OPACITY_PERCENT_OF_LUNG, value=float(image.opacity_percent), unit=codes.UCUM_PERCENT)
         )
     if image.ood_score is not None:
-        measurements.append(
-            hd.sr.Measurement(name=codes.OOD_SCORE, value=float(image.ood_score), unit=codes.UCUM_PROBABILITY)
-        )
+        measurements.append(NumericMeasurement(name=codes.OOD_SCORE, value=float(image.ood_score), unit=codes.UCUM_PROBABILITY))
     for view in VIEWS:
         if view in image.view_probabilities:
             measurements.append(
-                hd.sr.Measurement(
-                    name=codes.VIEW_CODES[view],
-                    value=float(image.view_probabilities[view]),
-                    unit=codes.UCUM_PROBABILITY,
+                NumericMeasurement(
+                    name=codes.VIEW_CODES[view], value=float(image.view_probabilities[view]), unit=codes.UCUM_PROBABILITY
                 )
             )
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            identifier=f"Lungs, image {number}",
-            uid=derive_uid(source_uid=image.sop_instance_uid, model_version=version, kind="tracking/lungs"),
-        ),
-        referenced_region=_region(region_box(image, ds), ds),
+    return PlanarGroup(
+        tracking_identifier=f"Lungs, image {number}",
+        tracking_uid=derive_uid(source_uid=image.sop_instance_uid, model_version=result.algorithm.version, kind="tracking/lungs"),
         finding_type=codes.LUNG,
-        algorithm_id=algorithm_id,
-        measurements=measurements,
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=codes.IMAGE_VIEW, value=codes.VIEW_CODES[image.view])
-        ],
+        graphic_data=rectangle(region_box(image, ds)),
+        sop_class_uid=ds.SOPClassUID,
+        sop_instance_uid=ds.SOPInstanceUID,
+        measurements=tuple(measurements),
+        qualitative_evaluations=((codes.IMAGE_VIEW, codes.VIEW_CODES[image.view]),),
     )
 
 
-def _opacity_groups(
-    image: ImageResult,
-    ds: pydicom.Dataset,
-    *,
-    number: int,
-    result: StudyResult,
-    algorithm_id: hd.sr.AlgorithmIdentification,
-) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+def _opacity_groups(image: ImageResult, ds: pydicom.Dataset, *, number: int, result: StudyResult) -> list[PlanarGroup]:
+    """TID 1410 of each opacity box of an analysed image (clipped to the image)."""
     rows, columns = image_shape(ds)
-    groups = []
-    for index, opacity in enumerate(image.opacities):
-        box = clip_box(opacity.box, rows=rows, columns=columns)
-        groups.append(
-            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    identifier=f"Opacity {index + 1}, image {number}",
-                    uid=derive_uid(
-                        source_uid=image.sop_instance_uid,
-                        model_version=result.algorithm.version,
-                        kind="tracking/opacity",
-                        index=index,
-                    ),
-                ),
-                referenced_region=_region(box, ds),
-                finding_type=codes.OPACITY,
-                finding_sites=[hd.sr.FindingSite(anatomic_location=codes.LUNG)],
-                algorithm_id=algorithm_id,
-                measurements=[
-                    hd.sr.Measurement(
-                        name=codes.CERTAINTY_OF_FINDING,
-                        value=float(opacity.score),
-                        unit=codes.UCUM_PROBABILITY,
-                    )
-                ],
-            )
+    return [
+        PlanarGroup(
+            tracking_identifier=f"Opacity {index + 1}, image {number}",
+            tracking_uid=derive_uid(
+                source_uid=image.sop_instance_uid, model_version=result.algorithm.version, kind="tracking/opacity", index=index
+            ),
+            finding_type=codes.OPACITY,
+            graphic_data=rectangle(clip_box(opacity.box, rows=rows, columns=columns)),
+            sop_class_uid=ds.SOPClassUID,
+            sop_instance_uid=ds.SOPInstanceUID,
+            finding_sites=(codes.LUNG,),
+            measurements=(
+                NumericMeasurement(name=codes.CERTAINTY_OF_FINDING, value=float(opacity.score), unit=codes.UCUM_PROBABILITY),
+            ),
         )
-    return groups
+        for index, opacity in enumerate(image.opacities)
+    ]
 
 
 def _study_group(
@@ -344,14 +303,14 @@ def _qualitative_evaluations(result: StudyResult) -> list[hd.sr.ContentItem]:
 
 def _report_content(result: StudyResult, headers: Mapping[str, pydicom.Dataset]) -> hd.sr.ContentSequence:
     algorithm_id = _algorithm_id(result)
-    groups: list[hd.sr.ContentItem] = []
+    builder = GroupBuilder(algorithm_items=algorithm_id)
+    groups: list[pydicom.Dataset] = []
     for number, image in enumerate(result.images, start=1):
         if not image.analysed:
             continue
         ds = headers[image.sop_instance_uid]
-        groups.extend(_lung_group(image, ds, number=number, result=result, algorithm_id=algorithm_id))
-        for group in _opacity_groups(image, ds, number=number, result=result, algorithm_id=algorithm_id):
-            groups.extend(group)
+        groups.append(builder.planar_group(_lung_group(image, ds, number=number, result=result)))
+        groups.extend(builder.planar_group(group) for group in _opacity_groups(image, ds, number=number, result=result))
 
     root = hd.sr.ContainerContentItem(name=codes.IMAGING_MEASUREMENT_REPORT, template_id="1500")
     content = hd.sr.ContentSequence()
@@ -375,7 +334,11 @@ def _report_content(result: StudyResult, headers: Mapping[str, pydicom.Dataset])
     if groups:
         # TID 1500 needs one of Imaging Measurements, Derived Imaging Measurements or Qualitative
         # Evaluations, and a container without groups is not valid (highdicom cannot read it).
-        content.append(_container(codes.IMAGING_MEASUREMENTS, groups))
+        measurements = _container(codes.IMAGING_MEASUREMENTS, [])
+        # The groups are plain datasets (sr_items): set as the data element, which highdicom's
+        # ContentSequence (typed items only) would refuse.
+        measurements[_CONTENT_SEQUENCE] = DataElement(_CONTENT_SEQUENCE, "SQ", groups)
+        content.append(measurements)
     if result.study_label is not None and result.analysed_images:
         study_group = _study_group(result, headers, algorithm_id=algorithm_id)
         content.append(_container(codes.DERIVED_IMAGING_MEASUREMENTS, list(study_group)))
