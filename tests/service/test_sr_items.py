@@ -16,7 +16,7 @@ from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorage
 from cxr_service import codes
 from cxr_service.uids import derive_uid
 from cxr_service.writers.common import rectangle, skip_item_corrections
-from cxr_service.writers.sr_items import GroupBuilder, NumericMeasurement, PlanarGroup
+from cxr_service.writers.sr_items import GroupBuilder, NumericMeasurement, PlanarGroup, StudyGroup
 
 ALGORITHM = hd.sr.AlgorithmIdentification(
     name="cxr", version="9.9.9", parameters=["lungs model UID 1.2.3"], family=codes.ARTIFICIAL_INTELLIGENCE, manufacturer="cxr"
@@ -50,11 +50,39 @@ def random_group(rng: np.random.Generator, index: int) -> PlanarGroup:
     )
 
 
-def highdicom_group(group: PlanarGroup) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+def source_header(sop_class_uid: str, sop_instance_uid: str) -> pydicom.Dataset:
     source = pydicom.Dataset()
-    source.SOPClassUID, source.SOPInstanceUID = group.sop_class_uid, group.sop_instance_uid
+    source.SOPClassUID, source.SOPInstanceUID = sop_class_uid, sop_instance_uid
     source.Rows = source.Columns = 2048
     source.Modality = "CR"
+    return source
+
+
+def random_study_group(rng: np.random.Generator) -> StudyGroup:
+    planar = random_group(rng, 0)
+    return StudyGroup(
+        tracking_identifier="CXR AI study classification",
+        tracking_uid=planar.tracking_uid,
+        finding_type=codes.PNEUMONIA,
+        source_images=tuple((planar.sop_class_uid, f"1.2.826.0.2.{n}") for n in range(int(rng.integers(1, 4)))),
+        measurements=planar.measurements,
+        qualitative_evaluations=planar.qualitative_evaluations,
+    )
+
+
+def highdicom_study_group(group: StudyGroup) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(identifier=group.tracking_identifier, uid=group.tracking_uid),
+        finding_type=group.finding_type,
+        algorithm_id=ALGORITHM,
+        measurements=[hd.sr.Measurement(name=m.name, value=m.value, unit=m.unit) for m in group.measurements] or None,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=n, value=v) for n, v in group.qualitative_evaluations] or None,
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source_header(*uids)) for uids in group.source_images],
+    )
+
+
+def highdicom_group(group: PlanarGroup) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    source = source_header(group.sop_class_uid, group.sop_instance_uid)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(identifier=group.tracking_identifier, uid=group.tracking_uid),
         referenced_region=hd.sr.ImageRegion(
@@ -94,6 +122,15 @@ def test_groups_are_highdicoms_byte_for_byte(seed: int) -> None:
     # The written groups read back as TID 1410 groups with their values.
     read = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations.from_sequence(fast[:1])
     assert read.tracking_uid == groups[0].tracking_uid and read.finding_type == groups[0].finding_type
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_study_groups_are_highdicoms_byte_for_byte(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    groups = [random_study_group(rng) for _ in range(6)]
+    builder = GroupBuilder(algorithm_items=ALGORITHM)
+    reference = [item for group in groups for item in highdicom_study_group(group)]
+    assert encoded([builder.study_group(group) for group in groups]) == encoded(reference)
 
 
 def test_group_refuses_bad_values() -> None:

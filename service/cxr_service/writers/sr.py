@@ -60,7 +60,7 @@ from cxr_service.writers.common import (
     series_description,
     source_header,
 )
-from cxr_service.writers.sr_items import GroupBuilder, NumericMeasurement, PlanarGroup
+from cxr_service.writers.sr_items import GroupBuilder, NumericMeasurement, PlanarGroup, StudyGroup
 
 logger = logging.getLogger(__name__)
 
@@ -164,35 +164,23 @@ def _opacity_groups(image: ImageResult, ds: pydicom.Dataset, *, number: int, res
     ]
 
 
-def _study_group(
-    result: StudyResult, headers: Mapping[str, pydicom.Dataset], *, algorithm_id: hd.sr.AlgorithmIdentification
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _study_group(result: StudyResult, headers: Mapping[str, pydicom.Dataset]) -> StudyGroup:
+    """TID 1501 of the study: its class and the four probabilities, from the analysed images."""
     probabilities = result.study_probabilities or {}
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            identifier=STUDY_TRACKING_IDENTIFIER,
-            uid=derive_uid(
-                source_uid=result.study_instance_uid, model_version=result.algorithm.version, kind="tracking/study"
-            ),
-        ),
+    return StudyGroup(
+        tracking_identifier=STUDY_TRACKING_IDENTIFIER,
+        tracking_uid=derive_uid(source_uid=result.study_instance_uid, model_version=result.algorithm.version, kind="tracking/study"),
         finding_type=codes.PNEUMONIA,
-        algorithm_id=algorithm_id,
-        measurements=[
-            hd.sr.Measurement(
-                name=codes.STUDY_LABEL_CODES[label],
-                value=float(probabilities[label]),
-                unit=codes.UCUM_PROBABILITY,
-            )
+        measurements=tuple(
+            NumericMeasurement(name=codes.STUDY_LABEL_CODES[label], value=float(probabilities[label]), unit=codes.UCUM_PROBABILITY)
             for label in STUDY_LABELS
             if label in probabilities
-        ],
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=codes.COVID_APPEARANCE, value=codes.STUDY_LABEL_CODES[result.study_label])
-        ],
-        source_images=[
-            hd.sr.SourceImageForMeasurementGroup.from_source_image(headers[image.sop_instance_uid])
+        ),
+        qualitative_evaluations=((codes.COVID_APPEARANCE, codes.STUDY_LABEL_CODES[result.study_label]),),
+        source_images=tuple(
+            (headers[image.sop_instance_uid].SOPClassUID, headers[image.sop_instance_uid].SOPInstanceUID)
             for image in result.analysed_images
-        ],
+        ),
     )
 
 
@@ -250,6 +238,14 @@ def _container(name: Code, items: list[hd.sr.ContentItem]) -> hd.sr.ContainerCon
     container = hd.sr.ContainerContentItem(name=name, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
     if items:
         container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
+def _groups_container(name: Code, groups: list[pydicom.Dataset]) -> hd.sr.ContainerContentItem:
+    """A container of measurement groups: the groups are plain datasets (sr_items), set as the
+    data element, which highdicom's ContentSequence (typed items only) would refuse."""
+    container = _container(name, [])
+    container[_CONTENT_SEQUENCE] = DataElement(_CONTENT_SEQUENCE, "SQ", groups)
     return container
 
 
@@ -334,14 +330,10 @@ def _report_content(result: StudyResult, headers: Mapping[str, pydicom.Dataset])
     if groups:
         # TID 1500 needs one of Imaging Measurements, Derived Imaging Measurements or Qualitative
         # Evaluations, and a container without groups is not valid (highdicom cannot read it).
-        measurements = _container(codes.IMAGING_MEASUREMENTS, [])
-        # The groups are plain datasets (sr_items): set as the data element, which highdicom's
-        # ContentSequence (typed items only) would refuse.
-        measurements[_CONTENT_SEQUENCE] = DataElement(_CONTENT_SEQUENCE, "SQ", groups)
-        content.append(measurements)
+        content.append(_groups_container(codes.IMAGING_MEASUREMENTS, groups))
     if result.study_label is not None and result.analysed_images:
-        study_group = _study_group(result, headers, algorithm_id=algorithm_id)
-        content.append(_container(codes.DERIVED_IMAGING_MEASUREMENTS, list(study_group)))
+        study_group = builder.study_group(_study_group(result, headers))
+        content.append(_groups_container(codes.DERIVED_IMAGING_MEASUREMENTS, [study_group]))
     evaluations = _qualitative_evaluations(result)
     if evaluations:
         content.append(_container(codes.QUALITATIVE_EVALUATIONS, evaluations))

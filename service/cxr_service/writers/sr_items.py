@@ -1,4 +1,5 @@
-"""The SR's per-image measurement groups (TID 1410), built as plain pydicom datasets.
+"""The SR's measurement groups (TID 1410 per image and box, TID 1501 per study), built as plain
+pydicom datasets.
 
 An SR holds one TID 1410 group per analysed image (its lungs) and one per opacity box, about
 110 data elements each. highdicom's template classes build and check one in about 6 ms on a
@@ -6,8 +7,9 @@ An SR holds one TID 1410 group per analysed image (its lungs) and one per opacit
 boxes spent over 100 ms there. :class:`GroupBuilder` writes the same data elements, in the same
 order, directly (well under a millisecond a group): ``tests/service/test_writers.py`` encodes
 its groups and highdicom's ``PlanarROIMeasurementsAndQualitativeEvaluations`` for the same
-inputs and compares the bytes. The document-level parts (library, observation context, study
-group, evaluations) stay highdicom's: there is one of each per SR.
+inputs and compares the bytes; the same for the study's TID 1501 group against
+``MeasurementsAndQualitativeEvaluations``. The document-level parts (library, observation
+context, evaluations) stay highdicom's.
 
 The groups are plain :class:`pydicom.Dataset` items, the way pydicom reads any dataset from a
 file; ``highdicom.sr.Comprehensive3DSR.from_dataset`` on the written document gives typed ones.
@@ -82,8 +84,21 @@ class PlanarGroup:
     qualitative_evaluations: tuple[tuple[Code, Code], ...] = ()
 
 
+@dataclass(frozen=True)
+class StudyGroup:
+    """What one TID 1501 group says of a set of source images (SOP Class UID, SOP Instance
+    UID): a tracked finding, its measurements and coded evaluations."""
+
+    tracking_identifier: str
+    tracking_uid: str
+    finding_type: Code
+    source_images: tuple[tuple[str, str], ...]
+    measurements: tuple[NumericMeasurement, ...] = ()
+    qualitative_evaluations: tuple[tuple[Code, Code], ...] = ()
+
+
 class GroupBuilder:
-    """Builds :class:`PlanarGroup` items for one SR: each coded concept is made once (by
+    """Builds the :class:`PlanarGroup` and :class:`StudyGroup` items of one SR: each coded concept is made once (by
     highdicom) and shared by the items that use it; ``algorithm_items`` (TID 4019) go into every
     group, as highdicom's templates put them."""
 
@@ -122,12 +137,21 @@ class GroupBuilder:
         item[_MEASURED_VALUE_SEQUENCE] = DataElement(_MEASURED_VALUE_SEQUENCE, "SQ", [value])
         return item
 
-    def _region(self, group: PlanarGroup) -> pydicom.Dataset:
+    def _image(self, *, name: Code, relationship: str, sop_class_uid: str, sop_instance_uid: str) -> pydicom.Dataset:
         reference = pydicom.Dataset()
-        reference[_REFERENCED_SOP_CLASS_UID] = DataElement(_REFERENCED_SOP_CLASS_UID, "UI", group.sop_class_uid)
-        reference[_REFERENCED_SOP_INSTANCE_UID] = DataElement(_REFERENCED_SOP_INSTANCE_UID, "UI", group.sop_instance_uid)
-        source = self._item(value_type="IMAGE", name=codes.SOURCE, relationship=_SELECTED_FROM)
-        source[_REFERENCED_SOP_SEQUENCE] = DataElement(_REFERENCED_SOP_SEQUENCE, "SQ", [reference])
+        reference[_REFERENCED_SOP_CLASS_UID] = DataElement(_REFERENCED_SOP_CLASS_UID, "UI", sop_class_uid)
+        reference[_REFERENCED_SOP_INSTANCE_UID] = DataElement(_REFERENCED_SOP_INSTANCE_UID, "UI", sop_instance_uid)
+        item = self._item(value_type="IMAGE", name=name, relationship=relationship)
+        item[_REFERENCED_SOP_SEQUENCE] = DataElement(_REFERENCED_SOP_SEQUENCE, "SQ", [reference])
+        return item
+
+    def _region(self, group: PlanarGroup) -> pydicom.Dataset:
+        source = self._image(
+            name=codes.SOURCE,
+            relationship=_SELECTED_FROM,
+            sop_class_uid=group.sop_class_uid,
+            sop_instance_uid=group.sop_instance_uid,
+        )
         points = np.asarray(group.graphic_data, dtype=np.float64)
         if points.ndim != 2 or points.shape[1] != 2 or len(points) < 2:
             raise ValueError(f"graphic_data of {group.tracking_identifier!r} must be (n >= 2, 2) points, got shape {points.shape}")
@@ -137,27 +161,73 @@ class GroupBuilder:
         item[_GRAPHIC_TYPE] = DataElement(_GRAPHIC_TYPE, "CS", hd.sr.GraphicTypeValues.POLYLINE.value)
         return item
 
-    def planar_group(self, group: PlanarGroup) -> pydicom.Dataset:
-        """The TID 1410 Measurement Group container of ``group`` (relationship CONTAINS)."""
+    def _group(
+        self,
+        *,
+        template_id: str,
+        tracking_identifier: str,
+        tracking_uid: str,
+        finding_type: Code,
+        finding_sites: Sequence[Code],
+        measurements: Sequence[NumericMeasurement],
+        qualitative_evaluations: Sequence[tuple[Code, Code]],
+        last: Sequence[pydicom.Dataset],
+    ) -> pydicom.Dataset:
+        """A Measurement Group container in highdicom's order: tracking, finding, sites,
+        algorithm, measurements, evaluations, then ``last`` (the region, or the source images)."""
         tracking = self._item(value_type="TEXT", name=dcm_codes.DCM.TrackingIdentifier, relationship=_HAS_OBS_CONTEXT)
-        tracking[_TEXT_VALUE] = DataElement(_TEXT_VALUE, "UT", group.tracking_identifier)
-        tracking_uid = self._item(value_type="UIDREF", name=dcm_codes.DCM.TrackingUniqueIdentifier, relationship=_HAS_OBS_CONTEXT)
-        tracking_uid[_UID] = DataElement(_UID, "UI", group.tracking_uid)
+        tracking[_TEXT_VALUE] = DataElement(_TEXT_VALUE, "UT", tracking_identifier)
+        uid = self._item(value_type="UIDREF", name=dcm_codes.DCM.TrackingUniqueIdentifier, relationship=_HAS_OBS_CONTEXT)
+        uid[_UID] = DataElement(_UID, "UI", tracking_uid)
         content = [
             tracking,
-            tracking_uid,
-            self._code(name=dcm_codes.DCM.Finding, value=group.finding_type, relationship=_CONTAINS),
-            *(self._code(name=dcm_codes.SCT.FindingSite, value=site, relationship=_HAS_CONCEPT_MOD) for site in group.finding_sites),
+            uid,
+            self._code(name=dcm_codes.DCM.Finding, value=finding_type, relationship=_CONTAINS),
+            *(self._code(name=dcm_codes.SCT.FindingSite, value=site, relationship=_HAS_CONCEPT_MOD) for site in finding_sites),
             *self.algorithm_items,
-            *(self._num(measurement) for measurement in group.measurements),
-            *(self._code(name=name, value=value, relationship=_CONTAINS) for name, value in group.qualitative_evaluations),
-            self._region(group),
+            *(self._num(measurement) for measurement in measurements),
+            *(self._code(name=name, value=value, relationship=_CONTAINS) for name, value in qualitative_evaluations),
+            *last,
         ]
         template = pydicom.Dataset()
         template[_MAPPING_RESOURCE] = DataElement(_MAPPING_RESOURCE, "CS", "DCMR")
-        template[_TEMPLATE_IDENTIFIER] = DataElement(_TEMPLATE_IDENTIFIER, "CS", "1410")
+        template[_TEMPLATE_IDENTIFIER] = DataElement(_TEMPLATE_IDENTIFIER, "CS", template_id)
         container = self._item(value_type="CONTAINER", name=dcm_codes.DCM.MeasurementGroup, relationship=_CONTAINS)
         container[_CONTINUITY_OF_CONTENT] = DataElement(_CONTINUITY_OF_CONTENT, "CS", "CONTINUOUS")
         container[_CONTENT_TEMPLATE_SEQUENCE] = DataElement(_CONTENT_TEMPLATE_SEQUENCE, "SQ", [template])
         container[_CONTENT_SEQUENCE] = DataElement(_CONTENT_SEQUENCE, "SQ", content)
         return container
+
+    def planar_group(self, group: PlanarGroup) -> pydicom.Dataset:
+        """The TID 1410 Measurement Group container of ``group`` (relationship CONTAINS)."""
+        return self._group(
+            template_id="1410",
+            tracking_identifier=group.tracking_identifier,
+            tracking_uid=group.tracking_uid,
+            finding_type=group.finding_type,
+            finding_sites=group.finding_sites,
+            measurements=group.measurements,
+            qualitative_evaluations=group.qualitative_evaluations,
+            last=[self._region(group)],
+        )
+
+    def study_group(self, group: StudyGroup) -> pydicom.Dataset:
+        """The TID 1501 Measurement Group container of ``group`` (relationship CONTAINS)."""
+        return self._group(
+            template_id="1501",
+            tracking_identifier=group.tracking_identifier,
+            tracking_uid=group.tracking_uid,
+            finding_type=group.finding_type,
+            finding_sites=(),
+            measurements=group.measurements,
+            qualitative_evaluations=group.qualitative_evaluations,
+            last=[
+                self._image(
+                    name=codes.SOURCE_OF_MEASUREMENT,
+                    relationship=_CONTAINS,
+                    sop_class_uid=sop_class_uid,
+                    sop_instance_uid=sop_instance_uid,
+                )
+                for sop_class_uid, sop_instance_uid in group.source_images
+            ],
+        )
