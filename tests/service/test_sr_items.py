@@ -1,4 +1,4 @@
-"""The SR's fast TID 1410 groups (cxr_service.writers.sr_items) write what highdicom's
+"""The SR's fast TID 1410 and TID 1501 groups (cxr_service.writers.sr_items) write what highdicom's
 template classes write, byte for byte, for random inputs."""
 
 from __future__ import annotations

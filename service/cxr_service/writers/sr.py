@@ -60,7 +60,7 @@ from cxr_service.writers.common import (
     series_description,
     source_header,
 )
-from cxr_service.writers.sr_items import GroupBuilder, NumericMeasurement, PlanarGroup, StudyGroup
+from cxr_service.writers.sr_items import CONTENT_SEQUENCE, GroupBuilder, NumericMeasurement, PlanarGroup, StudyGroup
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,6 @@ _IMAGE_SOP_CLASSES = frozenset(
     }
 )
 _MODALITY_CODES = {"CR": dcm_codes.DCM.ComputedRadiography, "DX": dcm_codes.DCM.DigitalRadiography}
-_CONTENT_SEQUENCE = 0x0040A730
 _UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
@@ -178,8 +177,7 @@ def _study_group(result: StudyResult, headers: Mapping[str, pydicom.Dataset]) ->
         ),
         qualitative_evaluations=((codes.COVID_APPEARANCE, codes.STUDY_LABEL_CODES[result.study_label]),),
         source_images=tuple(
-            (headers[image.sop_instance_uid].SOPClassUID, headers[image.sop_instance_uid].SOPInstanceUID)
-            for image in result.analysed_images
+            (ds.SOPClassUID, ds.SOPInstanceUID) for ds in (headers[image.sop_instance_uid] for image in result.analysed_images)
         ),
     )
 
@@ -245,7 +243,7 @@ def _groups_container(name: Code, groups: list[pydicom.Dataset]) -> hd.sr.Contai
     """A container of measurement groups: the groups are plain datasets (sr_items), set as the
     data element, which highdicom's ContentSequence (typed items only) would refuse."""
     container = _container(name, [])
-    container[_CONTENT_SEQUENCE] = DataElement(_CONTENT_SEQUENCE, "SQ", groups)
+    container[CONTENT_SEQUENCE] = DataElement(CONTENT_SEQUENCE, "SQ", groups)
     return container
 
 

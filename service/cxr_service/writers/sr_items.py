@@ -5,7 +5,7 @@ An SR holds one TID 1410 group per analysed image (its lungs) and one per opacit
 110 data elements each. highdicom's template classes build and check one in about 6 ms on a
 2-core CPU, most of it reading back and hashing what they have just written; an image with 20
 boxes spent over 100 ms there. :class:`GroupBuilder` writes the same data elements, in the same
-order, directly (well under a millisecond a group): ``tests/service/test_writers.py`` encodes
+order, directly (well under a millisecond a group): ``tests/service/test_sr_items.py`` encodes
 its groups and highdicom's ``PlanarROIMeasurementsAndQualitativeEvaluations`` for the same
 inputs and compares the bytes; the same for the study's TID 1501 group against
 ``MeasurementsAndQualitativeEvaluations``. The document-level parts (library, observation
@@ -34,7 +34,7 @@ from cxr_service import codes
 # on every call.
 _CONCEPT_NAME_CODE_SEQUENCE = 0x0040A043
 _CONCEPT_CODE_SEQUENCE = 0x0040A168
-_CONTENT_SEQUENCE = 0x0040A730
+CONTENT_SEQUENCE = 0x0040A730
 _CONTENT_TEMPLATE_SEQUENCE = 0x0040A504
 _CONTINUITY_OF_CONTENT = 0x0040A050
 _FLOATING_POINT_VALUE = 0x0040A161
@@ -98,9 +98,9 @@ class StudyGroup:
 
 
 class GroupBuilder:
-    """Builds the :class:`PlanarGroup` and :class:`StudyGroup` items of one SR: each coded concept is made once (by
-    highdicom) and shared by the items that use it; ``algorithm_items`` (TID 4019) go into every
-    group, as highdicom's templates put them."""
+    """Builds the :class:`PlanarGroup` and :class:`StudyGroup` items of one SR: each coded
+    concept is made once (by highdicom) and shared by the items that use it; ``algorithm_items``
+    (TID 4019) go into every group, as highdicom's templates put them."""
 
     def __init__(self, *, algorithm_items: Sequence[pydicom.Dataset]) -> None:
         self.algorithm_items = list(algorithm_items)
@@ -156,37 +156,28 @@ class GroupBuilder:
         if points.ndim != 2 or points.shape[1] != 2 or len(points) < 2:
             raise ValueError(f"graphic_data of {group.tracking_identifier!r} must be (n >= 2, 2) points, got shape {points.shape}")
         item = self._item(value_type="SCOORD", name=dcm_codes.DCM.ImageRegion, relationship=_CONTAINS)
-        item[_CONTENT_SEQUENCE] = DataElement(_CONTENT_SEQUENCE, "SQ", [source])
+        item[CONTENT_SEQUENCE] = DataElement(CONTENT_SEQUENCE, "SQ", [source])
         item[_GRAPHIC_DATA] = DataElement(_GRAPHIC_DATA, "FL", points.ravel().tolist())
         item[_GRAPHIC_TYPE] = DataElement(_GRAPHIC_TYPE, "CS", hd.sr.GraphicTypeValues.POLYLINE.value)
         return item
 
     def _group(
-        self,
-        *,
-        template_id: str,
-        tracking_identifier: str,
-        tracking_uid: str,
-        finding_type: Code,
-        finding_sites: Sequence[Code],
-        measurements: Sequence[NumericMeasurement],
-        qualitative_evaluations: Sequence[tuple[Code, Code]],
-        last: Sequence[pydicom.Dataset],
+        self, group: PlanarGroup | StudyGroup, *, template_id: str, finding_sites: Sequence[Code], last: Sequence[pydicom.Dataset]
     ) -> pydicom.Dataset:
         """A Measurement Group container in highdicom's order: tracking, finding, sites,
         algorithm, measurements, evaluations, then ``last`` (the region, or the source images)."""
         tracking = self._item(value_type="TEXT", name=dcm_codes.DCM.TrackingIdentifier, relationship=_HAS_OBS_CONTEXT)
-        tracking[_TEXT_VALUE] = DataElement(_TEXT_VALUE, "UT", tracking_identifier)
+        tracking[_TEXT_VALUE] = DataElement(_TEXT_VALUE, "UT", group.tracking_identifier)
         uid = self._item(value_type="UIDREF", name=dcm_codes.DCM.TrackingUniqueIdentifier, relationship=_HAS_OBS_CONTEXT)
-        uid[_UID] = DataElement(_UID, "UI", tracking_uid)
+        uid[_UID] = DataElement(_UID, "UI", group.tracking_uid)
         content = [
             tracking,
             uid,
-            self._code(name=dcm_codes.DCM.Finding, value=finding_type, relationship=_CONTAINS),
+            self._code(name=dcm_codes.DCM.Finding, value=group.finding_type, relationship=_CONTAINS),
             *(self._code(name=dcm_codes.SCT.FindingSite, value=site, relationship=_HAS_CONCEPT_MOD) for site in finding_sites),
             *self.algorithm_items,
-            *(self._num(measurement) for measurement in measurements),
-            *(self._code(name=name, value=value, relationship=_CONTAINS) for name, value in qualitative_evaluations),
+            *(self._num(measurement) for measurement in group.measurements),
+            *(self._code(name=name, value=value, relationship=_CONTAINS) for name, value in group.qualitative_evaluations),
             *last,
         ]
         template = pydicom.Dataset()
@@ -195,32 +186,19 @@ class GroupBuilder:
         container = self._item(value_type="CONTAINER", name=dcm_codes.DCM.MeasurementGroup, relationship=_CONTAINS)
         container[_CONTINUITY_OF_CONTENT] = DataElement(_CONTINUITY_OF_CONTENT, "CS", "CONTINUOUS")
         container[_CONTENT_TEMPLATE_SEQUENCE] = DataElement(_CONTENT_TEMPLATE_SEQUENCE, "SQ", [template])
-        container[_CONTENT_SEQUENCE] = DataElement(_CONTENT_SEQUENCE, "SQ", content)
+        container[CONTENT_SEQUENCE] = DataElement(CONTENT_SEQUENCE, "SQ", content)
         return container
 
     def planar_group(self, group: PlanarGroup) -> pydicom.Dataset:
         """The TID 1410 Measurement Group container of ``group`` (relationship CONTAINS)."""
-        return self._group(
-            template_id="1410",
-            tracking_identifier=group.tracking_identifier,
-            tracking_uid=group.tracking_uid,
-            finding_type=group.finding_type,
-            finding_sites=group.finding_sites,
-            measurements=group.measurements,
-            qualitative_evaluations=group.qualitative_evaluations,
-            last=[self._region(group)],
-        )
+        return self._group(group, template_id="1410", finding_sites=group.finding_sites, last=[self._region(group)])
 
     def study_group(self, group: StudyGroup) -> pydicom.Dataset:
         """The TID 1501 Measurement Group container of ``group`` (relationship CONTAINS)."""
         return self._group(
+            group,
             template_id="1501",
-            tracking_identifier=group.tracking_identifier,
-            tracking_uid=group.tracking_uid,
-            finding_type=group.finding_type,
             finding_sites=(),
-            measurements=group.measurements,
-            qualitative_evaluations=group.qualitative_evaluations,
             last=[
                 self._image(
                     name=codes.SOURCE_OF_MEASUREMENT,
