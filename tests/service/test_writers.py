@@ -824,7 +824,7 @@ def test_iso_2022_ir_58_escape_sequences_are_read_and_written():
 
 
 def test_sc_lung_outline_is_the_mask_minus_its_double_scipy_erosion():
-    """The SC's outline (array shifts on the mask's bounding box) is scipy's two-pixel one,
+    """The SC's outline (array shifts on the mask packed eight columns to a byte) is scipy's two-pixel one,
     masks touching the image border and one-row masks included."""
     from scipy import ndimage
 

@@ -92,22 +92,34 @@ def _to_uint8(display: np.ndarray) -> np.ndarray:
     return out
 
 
-def _erode(mask: np.ndarray) -> np.ndarray:
-    """One binary erosion by the 4-connected cross, outside the image counting as background
-    (``scipy.ndimage.binary_erosion`` with its defaults, by array shifts: 20 times faster)."""
-    out = mask.copy()
-    out[1:] &= mask[:-1]
-    out[:-1] &= mask[1:]
-    out[:, 1:] &= mask[:, :-1]
-    out[:, :-1] &= mask[:, 1:]
-    out[0] = out[-1] = False
-    out[:, 0] = out[:, -1] = False
+def _erode_packed(packed: np.ndarray) -> np.ndarray:
+    """One binary erosion by the 4-connected cross of a mask packed along its rows
+    (:func:`numpy.packbits`, most significant bit first, the row padded with zero bits); outside
+    the mask counts as background."""
+    out = packed.copy()
+    out[1:] &= packed[:-1]  # the pixel above
+    out[:-1] &= packed[1:]  # the pixel below
+    out[0] = out[-1] = 0
+    # The pixel to the left: the row's bits one place towards the end; the first column has
+    # none (background). The pixel to the right: one place towards the start; the last column's
+    # is a zero padding bit, or the row's end (background).
+    left = packed >> 1
+    left[:, 1:] |= packed[:, :-1] << 7
+    right = packed << 1
+    right[:, :-1] |= packed[:, 1:] >> 7
+    out &= left
+    out &= right
     return out
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
-    """Boundary pixels of a boolean mask (mask minus its erosion), two pixels thick."""
-    return mask & ~_erode(_erode(mask))
+    """Boundary pixels of a boolean mask (mask minus its erosion, twice, by the 4-connected
+    cross with outside as background, as ``scipy.ndimage.binary_erosion`` does by default), two
+    pixels thick. The erosions run on the mask packed eight columns to a byte."""
+    packed = np.packbits(mask, axis=1)
+    eroded = _erode_packed(_erode_packed(packed))
+    np.bitwise_and(packed, ~eroded, out=eroded)
+    return np.unpackbits(eroded, axis=1, count=mask.shape[1]).view(np.bool_)
 
 
 def render(
@@ -151,7 +163,9 @@ def render(
             # for the erosion too, so eroding the box alone gives the same outline.
             box = np.s_[rows_in[0] : rows_in[-1] + 1, columns_in[0] : columns_in[-1] + 1]
             outline = _outline(mask[box])
-            channels = [channel.copy() for channel in channels]
+            # The grey plane, shared by the channels, is marked in place for the first one only
+            # (nothing reads it afterwards) and copied for the others.
+            channels = [channel if channel is not grey8 or k == 0 else channel.copy() for k, channel in enumerate(channels)]
             for channel, value in zip(channels, LUNG_COLOR):
                 channel[box][outline] = value
     canvas = Image.merge("RGB", [Image.fromarray(channel, mode="L") for channel in channels])

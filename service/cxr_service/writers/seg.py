@@ -120,6 +120,15 @@ class _Segmentation(hd.seg.Segmentation):
             return pixel_array, hd.seg.SegmentsOverlapValues.YES if shared else hd.seg.SegmentsOverlapValues.NO
         return super()._check_and_cast_pixel_array(pixel_array, segment_numbers, segmentation_type, dtype)
 
+    def _encode_pixels_native(self, planes: np.ndarray) -> bytes:
+        """1-bit frames packed by :func:`numpy.packbits` alone. pydicom's ``pack_bits``, which
+        highdicom calls, first proves the values binary and copies them twice (about 10 ms a
+        2048 x 2048 SEG); here they are 0/1 uint8 by construction, cast from the boolean masks or
+        checked binary by highdicom for BINARY. Same bytes (LSB first, no padding)."""
+        if self.BitsAllocated == 1 and planes.dtype == np.uint8 and planes.ndim == 1 and planes.size % 8 == 0:
+            return np.packbits(planes, bitorder="little").tobytes()
+        return super()._encode_pixels_native(planes)
+
 
 def _set_dimension_organization_uid(seg: hd.seg.Segmentation, uid: str) -> None:
     """Replace the random Dimension Organization UID highdicom generates (keeps re-runs identical)."""
