@@ -95,7 +95,7 @@ def _to_uint8(display: np.ndarray) -> np.ndarray:
 def _erode_packed(packed: np.ndarray) -> np.ndarray:
     """One binary erosion by the 4-connected cross of a mask packed along its rows
     (:func:`numpy.packbits`, most significant bit first, the row padded with zero bits); outside
-    the mask counts as background."""
+    the array counts as background."""
     out = packed.copy()
     out[1:] &= packed[:-1]  # the pixel above
     out[:-1] &= packed[1:]  # the pixel below
@@ -163,9 +163,11 @@ def render(
             # for the erosion too, so eroding the box alone gives the same outline.
             box = np.s_[rows_in[0] : rows_in[-1] + 1, columns_in[0] : columns_in[-1] + 1]
             outline = _outline(mask[box])
-            # The grey plane, shared by the channels, is marked in place for the first one only
-            # (nothing reads it afterwards) and copied for the others.
-            channels = [channel if channel is not grey8 or k == 0 else channel.copy() for k, channel in enumerate(channels)]
+            if channels[1] is grey8:
+                # The grey plane shared by the three channels: the first marks it in place
+                # (nothing reads it afterwards), the others get copies. Colour planes are this
+                # render's own.
+                channels = [grey8, grey8.copy(), grey8.copy()]
             for channel, value in zip(channels, LUNG_COLOR):
                 channel[box][outline] = value
     canvas = Image.merge("RGB", [Image.fromarray(channel, mode="L") for channel in channels])
