@@ -64,6 +64,8 @@ from pydicom.uid import (
     ExtensibleSRStorage,
     GrayscaleSoftcopyPresentationStateStorage,
     ImplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
     KeyObjectSelectionDocumentStorage,
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
@@ -78,6 +80,8 @@ from cxr_service.logs import configure_logging
 from cxr_service.uids import uid_problem
 
 logger = logging.getLogger(__name__)
+
+_SIGN_CORRECTED_SYNTAXES = frozenset(JPEG2000TransferSyntaxes) | frozenset(JPEGLSTransferSyntaxes)
 
 MiB = 1024 * 1024
 
@@ -361,10 +365,14 @@ def _ingest(ds: Dataset, *, source: str, limits: IngestLimits, owned: bool = Fal
         if reason is not None:
             return _reject(source=source, header=ds, reason=reason)
 
+    # pydicom clears the bits above Bits Stored of every syntax but JPEG 2000 and JPEG-LS (whose
+    # decoders correct the sign instead), on a copy of native pixel data. The display transform
+    # ignores those bits itself, through its lookup table: native pixels are read in place.
+    unused_bits_set = transfer_syntax not in _SIGN_CORRECTED_SYNTAXES
     try:
         # The decoder, not ds.pixel_array: nothing is cached on the caller's dataset and a
         # dataset without file meta decodes with the inferred transfer syntax.
-        pixels, _ = decoder.as_array(ds)
+        pixels, _ = decoder.as_array(ds, view_only=True, correct_unused_bits=not unused_bits_set)
     except Exception as exc:  # noqa: BLE001 - decoders (pydicom, pylibjpeg, pyjpegls, openjpeg) raise many types
         return _reject(source=source, header=ds, reason=f"corrupt pixel data: {_describe(exc)}")
     if owned:
@@ -375,7 +383,7 @@ def _ingest(ds: Dataset, *, source: str, limits: IngestLimits, owned: bool = Fal
             source=source, header=ds, reason=f"decoded pixel array shape {pixels.shape} does not match {rows} x {columns}"
         )
     try:
-        display = display_array(ds, pixels)
+        display = display_array(ds, pixels, unused_bits_set=unused_bits_set)
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
         return _reject(source=source, header=ds, reason=f"unusable grey-level transform: {_describe(exc)}")
     del pixels

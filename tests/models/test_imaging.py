@@ -99,3 +99,37 @@ def test_a_dataset_without_pixels_argument_is_decoded(tmp_path) -> None:
     ds.file_meta = pydicom.dataset.FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     np.testing.assert_array_equal(display_array(ds), display_array(ds, pixels))
+
+
+_S12 = (_rng.normal(-300, 600, (64, 80)).clip(-2048, 2047)).astype(np.int16)
+UNUSED_BITS_CASES = {
+    name: CASES[name]
+    for name in ("robust min/max, 12 bits", "window", "rescale, non-integral", "MONOCHROME1", "VOI LUT sequence")
+} | {
+    "signed 12 bits": (_S12, {"BitsStored": 12}),
+    "signed 12 bits with window": (_S12, {"BitsStored": 12, "WindowCenter": -100, "WindowWidth": 1500}),
+    "7 bits in 8": ((_U8 >> 1).astype(np.uint8), {"BitsStored": 7}),
+}
+
+
+def _set_unused_bits(pixels: np.ndarray, bits_stored: int, seed: int) -> np.ndarray:
+    """``pixels`` with random bits above ``bits_stored``, as a modality may leave them."""
+    unsigned = pixels.view(np.dtype(f"u{pixels.dtype.itemsize}"))
+    width = 8 * pixels.dtype.itemsize
+    noise = np.random.default_rng(seed).integers(0, 1 << (width - bits_stored), pixels.shape)
+    low = unsigned & ((1 << bits_stored) - 1)
+    return (low | (noise << bits_stored).astype(unsigned.dtype)).view(pixels.dtype)
+
+
+@pytest.mark.parametrize("name", sorted(UNUSED_BITS_CASES))
+def test_unused_bits_are_ignored_as_pydicoms_correction_does(name: str) -> None:
+    pixels, attributes = UNUSED_BITS_CASES[name]
+    ds = _dataset(pixels, **dict(attributes))
+    raw = _set_unused_bits(pixels, int(ds.BitsStored), seed=len(name))
+    shift = int(ds.BitsAllocated) - int(ds.BitsStored)
+    corrected = np.right_shift(np.left_shift(raw, shift), shift)  # pydicom's correct_unused_bits
+    np.testing.assert_array_equal(corrected, pixels)
+    assert not np.array_equal(raw, pixels)
+    np.testing.assert_array_equal(display_array(ds, raw, unused_bits_set=True), display_array(ds, pixels))
+    # Without the flag the stored bits are taken as they are: the garbage shows.
+    assert not np.array_equal(display_array(ds, raw), display_array(ds, pixels))

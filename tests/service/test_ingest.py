@@ -14,8 +14,10 @@ import pytest
 from pydicom.pixels.decoders.base import Decoder
 from pydicom.uid import (
     CTImageStorage,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     GrayscaleSoftcopyPresentationStateStorage,
+    RLELossless,
     SecondaryCaptureImageStorage,
 )
 
@@ -281,6 +283,34 @@ def test_bytes_and_dataset_entry_points(corpus: Corpus, reference_display: np.nd
     no_pixels = pydicom.dcmread(corpus["truncated"].path)
     result = ingest_dataset(no_pixels, source="c-store")
     assert isinstance(result, Rejected) and result.reason.startswith("short pixel data (")
+
+
+@pytest.mark.parametrize("syntax", ["explicit little endian", "explicit big endian", "RLE"])
+def test_bits_above_bits_stored_are_ignored(corpus: Corpus, reference_display: np.ndarray, syntax: str) -> None:
+    """A modality may leave anything in the bits above Bits Stored (PS3.5 8.1.1); ingest reads
+    native pixel data in place and ignores them, as pydicom's correction of a copy would."""
+    ds = pydicom.dcmread(corpus[REFERENCE_CASE].path)
+    bits_stored = int(ds.BitsStored)
+    assert bits_stored < int(ds.BitsAllocated) == 16
+    noise = np.random.default_rng(7).integers(0, 1 << (16 - bits_stored), ds.pixel_array.shape, dtype=np.uint16)
+    raw = ds.pixel_array | (noise << bits_stored).astype(np.uint16)
+    if syntax == "RLE":
+        ds.BitsStored, ds.HighBit = 16, 15  # pydicom's encoder refuses values above Bits Stored
+        ds.compress(RLELossless, raw)
+        ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
+        data = _as_file(ds)
+    elif syntax == "explicit big endian":
+        ds.PixelData = raw.astype(">u2").tobytes()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True, implicit_vr=False, little_endian=False)
+        data = buffer.getvalue()
+    else:
+        ds.PixelData = raw.tobytes()
+        data = _as_file(ds)
+    result = ingest_bytes(data, source=syntax)
+    assert isinstance(result, IngestedImage), result
+    np.testing.assert_array_equal(result.display, reference_display)
 
 
 def test_bare_dataset_without_preamble_is_read(corpus: Corpus, reference_display: np.ndarray) -> None:
