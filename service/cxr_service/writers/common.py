@@ -213,34 +213,55 @@ def model_parameters(algorithm: AlgorithmInfo) -> dict[str, str]:
 
 def contributing_equipment(
     algorithm: AlgorithmInfo, *, created: datetime.datetime
-) -> list[hd.ContributingEquipment]:
+) -> tuple[hd.ContributingEquipment, ...]:
     """IHE AIR contributing equipment: one item for the algorithm, one per model it ran.
 
     The algorithm item carries the algorithm's Device UID; each model item names its model UID
     as Device Serial Number. (Device UID in this sequence is current DICOM, but the dicom3tools
     release Debian ships predates it and warns once per item; one item keeps it.)
+
+    The items are built once per algorithm and creation time and shared, read-only, by every
+    output that names them (each of a study's four or more outputs per image built its own, at
+    about 1.7 ms a set), as one SR shares its coded concepts.
     """
-    algorithm_uid = device_uid(algorithm_name=algorithm.name, model_version=algorithm.version)
-    entries = [(algorithm.name, algorithm_uid, "AI algorithm", True)]
-    entries += [
-        (f"{algorithm.name} {stage}", uid, f"AI model of stage {stage}", False)
-        for stage, uid in model_parameters(algorithm).items()
-    ]
+    return _contributing_equipment(
+        name=algorithm.name,
+        version=algorithm.version,
+        manufacturer=algorithm.manufacturer,
+        demo_weights=algorithm.demo_weights,
+        models=tuple(model_parameters(algorithm).items()),
+        created=created,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _contributing_equipment(
+    *,
+    name: str,
+    version: str,
+    manufacturer: str,
+    demo_weights: bool,
+    models: tuple[tuple[str, str], ...],
+    created: datetime.datetime,
+) -> tuple[hd.ContributingEquipment, ...]:
+    algorithm_uid = device_uid(algorithm_name=name, model_version=version)
+    entries = [(name, algorithm_uid, "AI algorithm", True)]
+    entries += [(f"{name} {stage}", uid, f"AI model of stage {stage}", False) for stage, uid in models]
     items = []
     for model_name, uid, description, is_algorithm in entries:
         item = hd.ContributingEquipment(
-            manufacturer=algorithm.manufacturer,
+            manufacturer=manufacturer,
             purpose_of_reference=codes.PROCESSING_EQUIPMENT,
             manufacturer_model_name=model_name,
-            software_versions=algorithm.version,
+            software_versions=version,
             device_serial_number=uid,
             contribution_datetime=created,
-            contribution_description=description + (DEMO_SUFFIX if algorithm.demo_weights else ""),
+            contribution_description=description + (DEMO_SUFFIX if demo_weights else ""),
         )
         if is_algorithm:
             item.DeviceUID = uid
         items.append(item)
-    return items
+    return tuple(items)
 
 
 def algorithm_identification_sequence(algorithm: AlgorithmInfo) -> hd.AlgorithmIdentificationSequence:
@@ -262,9 +283,10 @@ def finalize(ds: pydicom.Dataset, *, created: datetime.datetime) -> None:
             setattr(ds, date_kw, date)
         if time_kw in ds:
             setattr(ds, time_kw, time)
+    stamp = DT(created)
     for item in ds.get("ContributingEquipmentSequence", []):
-        if "ContributionDateTime" in item:
-            item.ContributionDateTime = DT(created)
+        if "ContributionDateTime" in item and str(item.ContributionDateTime) != str(stamp):
+            item.ContributionDateTime = stamp  # never the shared items of contributing_equipment
     skip_item_corrections(ds)
 
 

@@ -30,6 +30,7 @@ gets an SR saying why.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import re
 from collections.abc import Mapping
@@ -86,24 +87,46 @@ def _referenceable(image: ImageResult) -> bool:
     return all(_is_uid(uid) for uid in (image.sop_instance_uid, image.series_instance_uid, image.sop_class_uid))
 
 
+# The algorithm identification and observation context depend on the algorithm alone: built
+# once per algorithm (3.2 and 2.4 ms a document) and shared, read-only, by every SR, as one SR
+# shares its coded concepts.
+
+
 def _algorithm_id(result: StudyResult) -> hd.sr.AlgorithmIdentification:
     algorithm = result.algorithm
-    return hd.sr.AlgorithmIdentification(
+    return _shared_algorithm_id(
         name=algorithm.name,
         version=algorithm.version,
-        parameters=[f"{stage} model UID {uid}" for stage, uid in model_parameters(algorithm).items()] or None,
-        family=codes.ARTIFICIAL_INTELLIGENCE,
+        parameters=tuple(f"{stage} model UID {uid}" for stage, uid in model_parameters(algorithm).items()),
         manufacturer=algorithm.manufacturer,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_algorithm_id(
+    *, name: str, version: str, parameters: tuple[str, ...], manufacturer: str
+) -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(
+        name=name,
+        version=version,
+        parameters=list(parameters) or None,
+        family=codes.ARTIFICIAL_INTELLIGENCE,
+        manufacturer=manufacturer,
     )
 
 
 def _observation_context(result: StudyResult) -> hd.sr.ObservationContext:
     algorithm = result.algorithm
+    return _shared_observation_context(name=algorithm.name, version=algorithm.version, manufacturer=algorithm.manufacturer)
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_observation_context(*, name: str, version: str, manufacturer: str) -> hd.sr.ObservationContext:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=device_uid(algorithm_name=algorithm.name, model_version=algorithm.version),
-        name=algorithm.name,
-        manufacturer_name=algorithm.manufacturer,
-        model_name=f"{algorithm.name} {algorithm.version}",
+        uid=device_uid(algorithm_name=name, model_version=version),
+        name=name,
+        manufacturer_name=manufacturer,
+        model_name=f"{name} {version}",
     )
     return hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
