@@ -8,6 +8,7 @@ went in; dicom3tools ``dciodvfy`` must report no errors, dcmtk ``dsrdump`` must 
 from __future__ import annotations
 
 import copy
+import datetime
 import dataclasses
 import io
 import json
@@ -530,6 +531,21 @@ def test_outputs_are_deterministic(result, headers, displays):
     newer = write_sr(make_result(model_version="0.2.0"), headers)
     assert newer.SOPInstanceUID != first[KIND_SR][0].SOPInstanceUID
     assert newer.SeriesInstanceUID != first[KIND_SR][0].SeriesInstanceUID
+
+
+def test_outputs_written_later_leave_earlier_ones_as_they_were(result, headers, displays):
+    """Contributing equipment, algorithm identification and observation context are shared by
+    every output of an algorithm (built once): writing more outputs, with other algorithms and
+    creation times too, changes none of the bytes of those written before."""
+    first = write_all(result, headers, displays).datasets
+    before = {kind: [file_bytes(ds) for ds in datasets] for kind, datasets in first.items()}
+    write_all(make_result(), headers, displays)
+    write_all(make_result(), headers, displays, created=datetime.datetime(2031, 5, 6, 7, 8, 9))
+    write_all(make_result(demo_weights=False), headers, displays)
+    write_sr(make_result(model_version="0.2.0"), headers)
+    assert {kind: [file_bytes(ds) for ds in datasets] for kind, datasets in first.items()} == before
+    in_sr = {id(item) for item in first[KIND_SR][0].ContributingEquipmentSequence}
+    assert any(id(item) in in_sr for ds in first[KIND_GSPS] for item in ds.ContributingEquipmentSequence)
 
 
 def test_private_codes_are_declared(written):
