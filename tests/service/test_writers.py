@@ -36,7 +36,7 @@ from cxr_service import codes
 from cxr_service.results import REASON_LATERAL, AlgorithmInfo, ImageResult, Opacity, StudyResult, to_result_json
 from cxr_service.uids import KIND_GSPS, KIND_SC, KIND_SEG, KIND_SR, derive_uid, patient_scope, series_uid
 from cxr_service.writers import write_all, write_gsps, write_sc, write_seg, write_sr
-from cxr_service.writers.common import rectangle
+from cxr_service.writers.common import finalize, rectangle
 from cxr_service.writers.sources import writable_source
 from cxr_service.writers.sc import output_shape, render
 
@@ -503,6 +503,40 @@ def test_sc_is_capped_rgb_with_burned_in_results(written, result, displays):
     small = render(pa, displays[PA_UID], result=result, max_side=64)
     assert small.shape == (64, 51, 3) and output_shape(3000, 2500, max_side=2048) == (2048, 1707)
     assert output_shape(100, 80, max_side=2048) == (100, 80)
+
+
+def test_sc_pixel_data_is_the_rendered_image(result, headers, displays):
+    """The SC is built on a one-pixel placeholder and given the canvas's Rows, Columns and bytes
+    afterwards: the same dataset as highdicom builds from the whole rendered array."""
+    pa = result.analysed_images[0]
+    sc = write_sc(result, headers, displays)[0]
+    pixels = render(pa, displays[PA_UID], result=result)
+    assert (sc.Rows, sc.Columns) == pixels.shape[:2] and sc.PixelData == pixels.tobytes()
+
+    def build(array: np.ndarray) -> hd.sc.SCImage:
+        return hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=headers[PA_UID],
+            pixel_array=array,
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid="1.2.3.4.5",
+            series_number=1,
+            sop_instance_uid="1.2.3.4.6",
+            instance_number=1,
+            manufacturer="cxr",
+            patient_orientation=("L", "F"),
+            content_date=datetime.date(2030, 1, 2),
+            content_time=datetime.time(3, 4, 5),
+        )
+
+    whole = build(pixels)
+    placeholder = build(np.zeros((1, 1, 3), dtype=np.uint8))
+    placeholder.Rows, placeholder.Columns = pixels.shape[:2]
+    placeholder.PixelData = pixels.tobytes()
+    for ds in (whole, placeholder):  # highdicom stamps its clock's time
+        finalize(ds, created=datetime.datetime(2030, 1, 2, 3, 4, 5))
+    assert file_bytes(placeholder) == file_bytes(whole)
 
 
 # --- every output --------------------------------------------------------------------------------

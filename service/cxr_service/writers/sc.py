@@ -133,6 +133,18 @@ def render(
     """The burned-in RGB uint8 image (rows, columns, 3) for one analysed image; ``heatmap``
     (values the display's size) is blended in under the graphics, with a legend line
     (:func:`cxr_service.writers.heatmap.colour_planes`)."""
+    return np.asarray(_canvas(image, display, result=result, max_side=max_side, heatmap=heatmap), dtype=np.uint8)
+
+
+def _canvas(
+    image: ImageResult,
+    display: np.ndarray,
+    *,
+    result: StudyResult,
+    max_side: int,
+    heatmap: Heatmap | None,
+) -> Image.Image:
+    """:func:`render`'s image, as the PIL RGB image it is drawn on."""
     if display.ndim != 2:
         raise ValueError(f"display of image {image.sop_instance_uid} must be 2-D, got shape {display.shape}")
     rows, columns = display.shape
@@ -142,12 +154,14 @@ def render(
     grey = resize(display, height=out_rows, width=out_columns) if resized else display
     grey8 = _to_uint8(np.asarray(grey, dtype=np.float32))
 
-    # One 8-bit plane per channel (the lung outline set in each), merged by PIL: an order of
-    # magnitude faster than repeating the grey plane into an (rows, columns, 3) array.
+    # One 8-bit plane per channel, merged by PIL: an order of magnitude faster than repeating
+    # the grey plane into an (rows, columns, 3) array. Without a heatmap the three are one.
     channels = [grey8, grey8, grey8]
     if heatmap is not None:
         values = heatmap.values if not resized else resize(heatmap.values, height=out_rows, width=out_columns)
         channels = colour_planes(grey8, values)
+    canvas = Image.merge("RGB", [Image.fromarray(channel, mode="L") for channel in channels])
+    del channels, grey8
     if image.lung_mask is not None:
         if image.lung_mask.shape != (rows, columns):
             raise ValueError(
@@ -160,18 +174,11 @@ def render(
         rows_in, columns_in = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         if rows_in.size:
             # The outline lies inside the mask's bounding box; what is outside it is background
-            # for the erosion too, so eroding the box alone gives the same outline.
-            box = np.s_[rows_in[0] : rows_in[-1] + 1, columns_in[0] : columns_in[-1] + 1]
-            outline = _outline(mask[box])
-            if channels[1] is grey8:
-                # The grey plane shared by the three channels: the first marks it in place
-                # (nothing reads it afterwards), the others get copies. Colour planes are this
-                # render's own.
-                channels = [grey8, grey8.copy(), grey8.copy()]
-            for channel, value in zip(channels, LUNG_COLOR):
-                channel[box][outline] = value
-    canvas = Image.merge("RGB", [Image.fromarray(channel, mode="L") for channel in channels])
-    del channels, grey8
+            # for the erosion too, so eroding the box alone gives the same outline. It is
+            # pasted in the lung colour through a 1-bit mask of the box.
+            top, left = int(rows_in[0]), int(columns_in[0])
+            outline = _outline(mask[top : rows_in[-1] + 1, left : columns_in[-1] + 1])
+            canvas.paste(LUNG_COLOR, (left, top), Image.fromarray(outline))  # bool: mode "1"
 
     draw = ImageDraw.Draw(canvas)
     longest = max(out_rows, out_columns)
@@ -198,7 +205,7 @@ def render(
         banner.append(DEMO_BANNER)
     margin = max(2, round(longest / 200))
     draw.multiline_text((margin, margin), "\n".join(banner), fill=TEXT_COLOR, font=font)
-    return np.asarray(canvas, dtype=np.uint8)
+    return canvas
 
 
 def _patient_orientation(ds: pydicom.Dataset) -> tuple[str, str] | None:
@@ -229,9 +236,14 @@ def sc_for_image(
     if display.shape != image_shape(ds):
         raise ValueError(f"display of image {image.sop_instance_uid} has shape {display.shape}, the source {image_shape(ds)}")
     orientation = _patient_orientation(ds)
+    canvas = _canvas(image, display, result=result, max_side=max_side, heatmap=heatmap)
+    # highdicom copies a pixel array twice into Pixel Data (flatten, tobytes), after PIL has
+    # copied the canvas out once: it builds the SC on a one-pixel placeholder, and the SC gets
+    # its Rows, Columns and the canvas's bytes afterwards, the only attributes highdicom derives
+    # from the array (the same dataset: test_sc_pixel_data_is_the_rendered_image).
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=ds,
-        pixel_array=render(image, display, result=result, max_side=max_side, heatmap=heatmap),
+        pixel_array=np.zeros((1, 1, 3), dtype=np.uint8),
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
@@ -252,6 +264,9 @@ def sc_for_image(
         series_date=created.date(),
         series_time=created.time(),
     )
+    sc.Rows, sc.Columns = canvas.height, canvas.width
+    sc.PixelData = canvas.tobytes()
+    del canvas
     if orientation is None:
         sc.PatientOrientation = None
     sc.BurnedInAnnotation = "YES"
