@@ -11,12 +11,13 @@ import pydicom
 import pytest
 from cxr_models.records import Box
 from pydicom.sr.codedict import codes as dcm_codes
+from pydicom.sr.coding import Code
 from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
 
 from cxr_service import codes
 from cxr_service.uids import derive_uid
 from cxr_service.writers.common import rectangle, skip_item_corrections
-from cxr_service.writers.sr_items import GroupBuilder, NumericMeasurement, PlanarGroup, StudyGroup
+from cxr_service.writers.sr_items import GroupBuilder, NumericMeasurement, PlanarGroup, StudyGroup, shared_concept
 
 ALGORITHM = hd.sr.AlgorithmIdentification(
     name="cxr", version="9.9.9", parameters=["lungs model UID 1.2.3"], family=codes.ARTIFICIAL_INTELLIGENCE, manufacturer="cxr"
@@ -147,3 +148,14 @@ def test_concepts_are_made_once_per_builder() -> None:
     builder = GroupBuilder(algorithm_items=ALGORITHM)
     assert builder.concept(dcm_codes.DCM.Finding) is builder.concept(dcm_codes.DCM.Finding)
     assert builder.concept(codes.LUNG) == hd.sr.CodedConcept.from_code(codes.LUNG)
+
+
+def test_shared_concepts_are_told_apart_by_every_field() -> None:
+    """pydicom's Code equality ignores the meaning (and maps SRT onto SCT): the shared concepts
+    are keyed by every field, so no document gets another code's meaning or scheme."""
+    one, two = Code("123", "99CXR", "one"), Code("123", "99CXR", "two")
+    assert one == two  # pydicom's view
+    assert (shared_concept(one).meaning, shared_concept(two).meaning) == ("one", "two")
+    assert shared_concept(Code("123", "99CXR", "one")) is shared_concept(one)
+    srt, sct = Code("T-28000", "SRT", "Lung"), Code("39607008", "SCT", "Lung")
+    assert shared_concept(srt).scheme_designator == "SRT" and shared_concept(sct).scheme_designator == "SCT"

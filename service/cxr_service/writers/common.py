@@ -303,17 +303,19 @@ def skip_item_corrections(ds: pydicom.Dataset) -> None:
     An item shared by several sequences (the SR's algorithm identification, its coded concepts)
     is visited once.
     """
+    # Dataset.values(), not elements(): the same elements, raw ones left raw, without sorting
+    # the tags and looking each up again.
     stack = [ds]
     seen: set[int] = set()
     while stack:
         node = stack.pop()
-        for element in node.elements():
+        for element in node.values():
             if isinstance(element, DataElement) and element.VR == "SQ":
                 for item in element.value:
                     if id(item) in seen:
                         continue
                     seen.add(id(item))
-                    if all(isinstance(e, DataElement) for e in item.elements()):
+                    if all(isinstance(e, DataElement) for e in item.values()):
                         item.set_original_encoding(False, True, item._character_set)
                     stack.append(item)
 
