@@ -58,6 +58,11 @@ class AlgorithmInfo:
         if not self.version:
             raise ValueError(f"version must not be empty, got {self.version!r}")
 
+    def __hash__(self) -> int:
+        # The generated hash cannot hash the mapping; this one agrees with the generated
+        # equality, so the writers can key what they build once per algorithm by it.
+        return hash((self.name, self.version, tuple(sorted(self.model_uids.items())), self.manufacturer, self.demo_weights))
+
 
 @dataclass(frozen=True)
 class Opacity:

@@ -211,6 +211,7 @@ def model_parameters(algorithm: AlgorithmInfo) -> dict[str, str]:
     return {stage: algorithm.model_uids[stage] for stage in sorted(algorithm.model_uids)}
 
 
+@functools.lru_cache(maxsize=16)
 def contributing_equipment(
     algorithm: AlgorithmInfo, *, created: datetime.datetime
 ) -> tuple[hd.ContributingEquipment, ...]:
@@ -224,39 +225,22 @@ def contributing_equipment(
     output that names them (each of a study's four or more outputs per image built its own, at
     about 1.7 ms a set), as one SR shares its coded concepts.
     """
-    return _contributing_equipment(
-        name=algorithm.name,
-        version=algorithm.version,
-        manufacturer=algorithm.manufacturer,
-        demo_weights=algorithm.demo_weights,
-        models=tuple(model_parameters(algorithm).items()),
-        created=created,
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def _contributing_equipment(
-    *,
-    name: str,
-    version: str,
-    manufacturer: str,
-    demo_weights: bool,
-    models: tuple[tuple[str, str], ...],
-    created: datetime.datetime,
-) -> tuple[hd.ContributingEquipment, ...]:
-    algorithm_uid = device_uid(algorithm_name=name, model_version=version)
-    entries = [(name, algorithm_uid, "AI algorithm", True)]
-    entries += [(f"{name} {stage}", uid, f"AI model of stage {stage}", False) for stage, uid in models]
+    algorithm_uid = device_uid(algorithm_name=algorithm.name, model_version=algorithm.version)
+    entries = [(algorithm.name, algorithm_uid, "AI algorithm", True)]
+    entries += [
+        (f"{algorithm.name} {stage}", uid, f"AI model of stage {stage}", False)
+        for stage, uid in model_parameters(algorithm).items()
+    ]
     items = []
     for model_name, uid, description, is_algorithm in entries:
         item = hd.ContributingEquipment(
-            manufacturer=manufacturer,
+            manufacturer=algorithm.manufacturer,
             purpose_of_reference=codes.PROCESSING_EQUIPMENT,
             manufacturer_model_name=model_name,
-            software_versions=version,
+            software_versions=algorithm.version,
             device_serial_number=uid,
             contribution_datetime=created,
-            contribution_description=description + (DEMO_SUFFIX if demo_weights else ""),
+            contribution_description=description + (DEMO_SUFFIX if algorithm.demo_weights else ""),
         )
         if is_algorithm:
             item.DeviceUID = uid

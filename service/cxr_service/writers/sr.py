@@ -43,7 +43,7 @@ from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.sr.coding import Code
 
 from cxr_service import codes
-from cxr_service.results import ImageResult, StudyResult
+from cxr_service.results import AlgorithmInfo, ImageResult, StudyResult
 from cxr_service.uids import KIND_SR, derive_uid, device_uid, instance_uid, series_uid
 from cxr_service.writers.common import (
     NOT_FOR_CLINICAL_USE,
@@ -92,41 +92,24 @@ def _referenceable(image: ImageResult) -> bool:
 # shares its coded concepts.
 
 
-def _algorithm_id(result: StudyResult) -> hd.sr.AlgorithmIdentification:
-    algorithm = result.algorithm
-    return _shared_algorithm_id(
+@functools.lru_cache(maxsize=16)
+def _algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(
         name=algorithm.name,
         version=algorithm.version,
-        parameters=tuple(f"{stage} model UID {uid}" for stage, uid in model_parameters(algorithm).items()),
+        parameters=[f"{stage} model UID {uid}" for stage, uid in model_parameters(algorithm).items()] or None,
+        family=codes.ARTIFICIAL_INTELLIGENCE,
         manufacturer=algorithm.manufacturer,
     )
 
 
 @functools.lru_cache(maxsize=16)
-def _shared_algorithm_id(
-    *, name: str, version: str, parameters: tuple[str, ...], manufacturer: str
-) -> hd.sr.AlgorithmIdentification:
-    return hd.sr.AlgorithmIdentification(
-        name=name,
-        version=version,
-        parameters=list(parameters) or None,
-        family=codes.ARTIFICIAL_INTELLIGENCE,
-        manufacturer=manufacturer,
-    )
-
-
-def _observation_context(result: StudyResult) -> hd.sr.ObservationContext:
-    algorithm = result.algorithm
-    return _shared_observation_context(name=algorithm.name, version=algorithm.version, manufacturer=algorithm.manufacturer)
-
-
-@functools.lru_cache(maxsize=16)
-def _shared_observation_context(*, name: str, version: str, manufacturer: str) -> hd.sr.ObservationContext:
+def _observation_context(algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=device_uid(algorithm_name=name, model_version=version),
-        name=name,
-        manufacturer_name=manufacturer,
-        model_name=f"{name} {version}",
+        uid=device_uid(algorithm_name=algorithm.name, model_version=algorithm.version),
+        name=algorithm.name,
+        manufacturer_name=algorithm.manufacturer,
+        model_name=f"{algorithm.name} {algorithm.version}",
     )
     return hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
@@ -319,7 +302,7 @@ def _qualitative_evaluations(result: StudyResult) -> list[hd.sr.ContentItem]:
 
 
 def _report_content(result: StudyResult, headers: Mapping[str, pydicom.Dataset]) -> hd.sr.ContentSequence:
-    algorithm_id = _algorithm_id(result)
+    algorithm_id = _algorithm_id(result.algorithm)
     builder = GroupBuilder(algorithm_items=algorithm_id)
     groups: list[pydicom.Dataset] = []
     for number, image in enumerate(result.images, start=1):
@@ -332,7 +315,7 @@ def _report_content(result: StudyResult, headers: Mapping[str, pydicom.Dataset])
     root = hd.sr.ContainerContentItem(name=codes.IMAGING_MEASUREMENT_REPORT, template_id="1500")
     content = hd.sr.ContentSequence()
     content.extend(hd.sr.LanguageOfContentItemAndDescendants(hd.sr.CodedConcept.from_code(codes.LANGUAGE_EN_US)))
-    content.extend(_observation_context(result))
+    content.extend(_observation_context(result.algorithm))
     content.append(
         hd.sr.CodeContentItem(
             name=dcm_codes.DCM.ProcedureReported,
