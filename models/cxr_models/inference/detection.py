@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from ensemble_boxes import weighted_boxes_fusion
 
+from cxr_models.devices import to_device
 from cxr_models.inference.crop import box_from_crop, crop_and_resize
 from cxr_models.nets.detectors import (
     ARCHS,
@@ -152,7 +153,7 @@ class OpacityDetector:
                 chunk = inputs[start : start + BATCH_SIZE]
                 if flip:
                     chunk = chunk[:, :, ::-1]
-                batch = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)).to(self.device).unsqueeze(1)
+                batch = to_device(torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)), self.device).unsqueeze(1)
                 outputs = self.model(list(batch))
                 for output, crop in zip(outputs, crops[start : start + BATCH_SIZE], strict=True):
                     results.append(

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from cxr_models.devices import to_device
 from cxr_models.nets.common import normalise
 
 
@@ -29,7 +30,7 @@ def check_lengths(**sequences: Sequence[object]) -> int:
 def network_batch(arrays: Sequence[np.ndarray], *, device: torch.device) -> torch.Tensor:
     """Stack display arrays ((H, W) or (C, H, W)) into a normalised (N, C, H, W) float32 tensor."""
     stacked = np.stack([a if a.ndim == 3 else a[None] for a in arrays]).astype(np.float32, copy=False)
-    return normalise(torch.from_numpy(stacked).to(device))
+    return normalise(to_device(torch.from_numpy(stacked), device))
 
 
 class BatchedStage:

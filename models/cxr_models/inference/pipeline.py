@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,7 +111,9 @@ class Analyzer:
         device: torch.device,
         ood: OODDetector | None = None,
         crop_fallback: bool = False,
+        half_precision: bool = False,
     ) -> None:
+        """``half_precision`` runs every stage but the attribution under float16 autocast on ``device``."""
         self.view = view
         self.lungs = lungs
         self.detection = detection
@@ -119,10 +123,14 @@ class Analyzer:
         self.device = device
         self.ood = ood
         self.crop_fallback = crop_fallback
+        self.half_precision = half_precision
 
     @classmethod
-    def load(cls, *, weights_dir: Path | None = None, device: str | torch.device = "auto") -> "Analyzer":
-        """Load every model listed in the manifest of ``weights_dir`` (default: shipped weights)."""
+    def load(
+        cls, *, weights_dir: Path | None = None, device: str | torch.device = "auto", half_precision: bool = False
+    ) -> "Analyzer":
+        """Load every model listed in the manifest of ``weights_dir`` (default: shipped weights);
+        ``half_precision``: run them under float16 autocast (meant for CUDA; on the CPU it is slow)."""
         dev = resolve_device(device) if isinstance(device, str) else device
         manifest = load_manifest(weights_dir)
 
@@ -141,11 +149,13 @@ class Analyzer:
             device=dev,
             ood=load_ood(manifest, weights_dir=weights_dir),
             crop_fallback=crop_fallback_enabled(manifest),
+            half_precision=half_precision,
         )
         logger.info(
-            "loaded models version %s on %s (OOD %s, crop fallback %s)",
+            "loaded models version %s on %s%s (OOD %s, crop fallback %s)",
             manifest.get("version"),
             dev,
+            ", float16 autocast" if half_precision else "",
             "off" if analyzer.ood is None else f"limit {analyzer.ood.threshold:.2f}",
             "on" if analyzer.crop_fallback else "off",
         )
@@ -163,6 +173,12 @@ class Analyzer:
             raise ValueError("the OOD score needs the view stage's features, but the view stage gave none")
         return [float(s) for s in self.ood.scores(np.stack([v.features for v in views]))]
 
+    def _precision(self, stage: str) -> AbstractContextManager[object]:
+        """Float16 autocast for a model stage when ``half_precision`` (never for the attribution's gradients)."""
+        if not self.half_precision or stage == "attribution":
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16)
+
     def analyze_study(
         self,
         images: Sequence[np.ndarray],
@@ -176,71 +192,104 @@ class Analyzer:
         ``attribution`` (``"abnormal"`` or ``"predicted"``) each analysed image also gets the
         attribution map of the study class (:mod:`cxr_models.inference.attribution`; method
         ``attribution_method``, default its DEFAULT_METHOD)."""
-        for i, image in enumerate(images):
-            if image.ndim != 2:
-                raise ValueError(f"images[{i}] must be a 2-D display array, got shape {image.shape}")
-        timings: dict[str, float] = {}
+        return self.analyze_studies(
+            [images], no_crop_ablation=no_crop_ablation, attribution=attribution, attribution_method=attribution_method
+        )[0]
 
-        def timed(stage: str, fn, *a, **kw):  # noqa: ANN001, ANN202 - thin local helper
+    def analyze_studies(
+        self,
+        studies: Sequence[Sequence[np.ndarray]],
+        *,
+        no_crop_ablation: bool = False,
+        attribution: Target | None = None,
+        attribution_method: Method | None = None,
+    ) -> list[StudyPrediction]:
+        """:meth:`analyze_study` for several studies at once: each model stage runs once over the
+        images of every study (in the stage's own batches), the study class once over the studies.
+
+        Each study's ``timings_ms`` holds its share of every stage's time, by its number of images
+        in that stage (the shares of a stage add up to its time). ValueError naming
+        ``studies[s][i]`` when an image is not a 2-D display array.
+        """
+        for s, images in enumerate(studies):
+            for i, image in enumerate(images):
+                if image.ndim != 2:
+                    raise ValueError(f"studies[{s}][{i}] must be a 2-D display array, got shape {image.shape}")
+        timings: list[dict[str, float]] = [{} for _ in studies]
+        refs = [(s, i) for s, images in enumerate(studies) for i in range(len(images))]
+
+        def timed(stage: str, members: Sequence[tuple[int, int]], fn, *a, **kw):  # noqa: ANN001, ANN202 - local helper
             start = time.perf_counter()
-            out = fn(*a, **kw)
-            timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0
+            with self._precision(stage):
+                out = fn(*a, **kw)
+            elapsed = (time.perf_counter() - start) * 1000.0
+            shares = Counter(s for s, _ in members)
+            for s, n in shares.items():
+                timings[s][stage] = timings[s].get(stage, 0.0) + elapsed * n / len(members)
             return out
 
-        views = timed("view", self.view.predict, list(images)) if images else []
-        scores = timed("ood", self._ood_scores, views) if self.ood is not None else [None] * len(views)
-        reasons: dict[int, str] = {}
-        for i, (v, score) in enumerate(zip(views, scores, strict=True)):
-            reason = view_reason(v.label)
-            if reason is None and score is not None and self.ood is not None:
-                reason = self.ood.reason(score)
+        images_of = {ref: studies[ref[0]][ref[1]] for ref in refs}
+        views = dict(zip(refs, timed("view", refs, self.view.predict, [images_of[r] for r in refs]) if refs else [], strict=True))
+        if self.ood is not None:
+            scores = dict(zip(refs, timed("ood", refs, self._ood_scores, [views[r] for r in refs]), strict=True))
+        else:
+            scores = {r: None for r in refs}
+        reasons: dict[tuple[int, int], str] = {}
+        for ref in refs:
+            reason = view_reason(views[ref].label)
+            if reason is None and scores[ref] is not None and self.ood is not None:
+                reason = self.ood.reason(scores[ref])
             if reason is not None:
-                reasons[i] = reason
-        candidates = [i for i in range(len(views)) if i not in reasons]
-        lung_preds: dict[int, lungs_stage.LungPrediction] = {}
-        crops: dict[int, CropDecision] = {}
+                reasons[ref] = reason
+        candidates = [r for r in refs if r not in reasons]
+        lung_preds: dict[tuple[int, int], lungs_stage.LungPrediction] = {}
+        crops: dict[tuple[int, int], CropDecision] = {}
         if candidates:
-            predicted = timed("lungs", self.lungs.predict, [images[i] for i in candidates])
-            for i, lp in zip(candidates, predicted, strict=True):
-                crop = decide_crop(lp.mask, shape=images[i].shape)
-                lung_preds[i], crops[i] = lp, crop
+            predicted = timed("lungs", candidates, self.lungs.predict, [images_of[r] for r in candidates])
+            for ref, lp in zip(candidates, predicted, strict=True):
+                crop = decide_crop(lp.mask, shape=images_of[ref].shape)
+                lung_preds[ref], crops[ref] = lp, crop
                 if crop.fallback and not self.crop_fallback:
-                    reasons[i] = no_lung_fields(crop.reason or "no lung mask")
+                    reasons[ref] = no_lung_fields(crop.reason or "no lung mask")
                 elif crop.fallback:
-                    logger.info("image %d of study: lung crop fallback (%s)", i, crop.reason)
-        analysed = [i for i in candidates if i not in reasons]
-        for i, reason in sorted(reasons.items()):
-            logger.info("image %d of study not analysed: %s", i, reason)
-        per_image: dict[int, ImagePrediction] = {}
-        label: str | None = None
-        probabilities: dict[str, float] | None = None
-        cam: Attribution | None = None
+                    logger.info("image %d of study: lung crop fallback (%s)", ref[1], crop.reason)
+        analysed = [r for r in candidates if r not in reasons]
+        for ref, reason in sorted(reasons.items()):
+            logger.info("image %d of study not analysed: %s", ref[1], reason)
+        per_image: dict[tuple[int, int], ImagePrediction] = {}
+        labels: dict[int, tuple[str, dict[str, float]]] = {}
+        cams: dict[int, Attribution] = {}
         if analysed:
-            frontal_images = [images[i] for i in analysed]
-            crop_boxes = [crops[i].box for i in analysed]
-            masks = [lung_preds[i].mask for i in analysed]
-            dets = timed("detection", self.detection.predict, frontal_images, crops=crop_boxes)
+            frontal_images = [images_of[r] for r in analysed]
+            crop_boxes = [crops[r].box for r in analysed]
+            masks = [lung_preds[r].mask for r in analysed]
+            dets = timed("detection", analysed, self.detection.predict, frontal_images, crops=crop_boxes)
             no_crop: list[Any] | None = None
             if no_crop_ablation:
                 whole = [Box(0.0, 0.0, float(img.shape[1]), float(img.shape[0])) for img in frontal_images]
-                no_crop = timed("detection_no_crop", self.detection.predict, frontal_images, crops=whole)
-            opac = timed("opacity", self.opacity.predict, frontal_images, crops=crop_boxes, lung_masks=masks)
-            study_inputs = [
-                study_stage.StudyImageInput(image=img, lung_mask=m, opacity_probability=op.probability, crop=box)
-                for img, m, op, box in zip(frontal_images, masks, opac, crop_boxes, strict=True)
-            ]
-            study_pred = timed("study", self.study.predict, [study_inputs])[0]
-            label, probabilities = study_pred.label, dict(study_pred.probabilities)
-            if attribution:
-                method = {} if attribution_method is None else {"method": attribution_method}
-                cam = timed("attribution", attribute, self.study, study_inputs, target=attribution, **method)
-            for k, idx in enumerate(analysed):
-                c = crops[idx]
-                per_image[idx] = ImagePrediction(
-                    view=views[idx].label,
-                    view_probabilities=dict(views[idx].probabilities),
+                no_crop = timed("detection_no_crop", analysed, self.detection.predict, frontal_images, crops=whole)
+            opac = timed("opacity", analysed, self.opacity.predict, frontal_images, crops=crop_boxes, lung_masks=masks)
+            study_inputs: dict[int, list[study_stage.StudyImageInput]] = {}
+            for ref, img, m, op, box in zip(analysed, frontal_images, masks, opac, crop_boxes, strict=True):
+                item = study_stage.StudyImageInput(image=img, lung_mask=m, opacity_probability=op.probability, crop=box)
+                study_inputs.setdefault(ref[0], []).append(item)
+            order = sorted(study_inputs)
+            study_preds = timed("study", analysed, self.study.predict, [study_inputs[s] for s in order])
+            for s, pred in zip(order, study_preds, strict=True):
+                labels[s] = (pred.label, dict(pred.probabilities))
+                if attribution:
+                    method = {} if attribution_method is None else {"method": attribution_method}
+                    members = [r for r in analysed if r[0] == s]
+                    cams[s] = timed("attribution", members, attribute, self.study, study_inputs[s], target=attribution, **method)
+            position = {s: 0 for s in order}
+            for k, ref in enumerate(analysed):
+                c = crops[ref]
+                cam = cams.get(ref[0])
+                per_image[ref] = ImagePrediction(
+                    view=views[ref].label,
+                    view_probabilities=dict(views[ref].probabilities),
                     analysed=True,
-                    ood_score=scores[idx],
+                    ood_score=scores[ref],
                     lung_mask=masks[k],
                     lung_box=None if c.fallback else c.box,
                     crop_fallback=c.fallback,
@@ -251,21 +300,28 @@ class Analyzer:
                     opacity_mask=opac[k].mask,
                     opacity_probability=opac[k].probability,
                     opacity_percent=float(opac[k].percent),
-                    attribution=None if cam is None else cam.maps[k],
+                    attribution=None if cam is None else cam.maps[position[ref[0]]],
                 )
-        results = tuple(
-            per_image.get(i)
-            or ImagePrediction(
-                view=v.label,
-                view_probabilities=dict(v.probabilities),
-                analysed=False,
-                reason=reasons[i],
-                ood_score=scores[i],
-                lung_mask=lung_preds[i].mask if i in lung_preds else None,
-                crop_reason=crops[i].reason if i in crops else None,
+                position[ref[0]] += 1
+        results: list[StudyPrediction] = []
+        for s, images in enumerate(studies):
+            label, probabilities = labels.get(s, (None, None))
+            predictions = tuple(
+                per_image.get((s, i))
+                or ImagePrediction(
+                    view=views[(s, i)].label,
+                    view_probabilities=dict(views[(s, i)].probabilities),
+                    analysed=False,
+                    reason=reasons[(s, i)],
+                    ood_score=scores[(s, i)],
+                    lung_mask=lung_preds[(s, i)].mask if (s, i) in lung_preds else None,
+                    crop_reason=crops[(s, i)].reason if (s, i) in crops else None,
+                )
+                for i in range(len(images))
             )
-            for i, v in enumerate(views)
-        )
-        return StudyPrediction(
-            label=label, probabilities=probabilities, images=results, timings_ms=timings, attribution=cam
-        )
+            results.append(
+                StudyPrediction(
+                    label=label, probabilities=probabilities, images=predictions, timings_ms=timings[s], attribution=cams.get(s)
+                )
+            )
+        return results

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxr_models.devices import to_device
 from cxr_models.inference.crop import crop_and_resize
 from cxr_models.inference.inputs import check_image
 from cxr_models.nets.common import model_from_state_dict, normalise
@@ -90,7 +91,7 @@ class StudyClassifier:
                 stacks.append(crop_channels(item))
                 study_index.append(index)
         with torch.inference_mode():
-            channels = torch.from_numpy(np.stack(stacks)).to(self.device)
+            channels = to_device(torch.from_numpy(np.stack(stacks)), self.device)
             logits = self.model(
                 network_input(channels), torch.tensor(study_index, device=self.device), len(studies)
             )
