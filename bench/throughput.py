@@ -3,6 +3,8 @@
     python bench/throughput.py --workers 2 --images 40            # 2 processes, 1 study in flight each
     python bench/throughput.py --workers 1 --images 20 --jobs 2   # 1 process, 2 studies in flight
     python bench/throughput.py --workers 2 --images 40 --json     # one JSON object
+    python bench/throughput.py --workers 1 --images 64 --jobs 8 --batch-images 16 --device cuda --half
+                                                                  # a GPU: 8 studies in flight, batched
 
 Writes ``--images`` one-image studies (PhantomCXR frontal CRs, ``--size`` square; a few rendered,
 the rest copies under new UIDs) to a temporary folder, then starts ``--workers`` processes. Each
@@ -14,7 +16,11 @@ excluded). Throughput is images / wall time from the start signal to the last st
 
 ``--jobs J`` runs J studies at once in each process (threads sharing one model set, as
 ``cxr worker --threads J``: inference is serialised by the engine's lock, so one study's ingest
-and writers run while another's models do). ``--torch-threads`` is the torch intra-op threads
+and writers run while another's models do). ``--batch-images N`` (> 1) runs the studies in flight
+together instead, up to N images per model pass, each waiting up to ``--batch-wait-ms`` for the
+others (``CXR_BATCH_MAX_IMAGES``, ``CXR_BATCH_MAX_WAIT_MS``); ``--half`` runs the models under
+float16 autocast (``CXR_HALF_PRECISION``). The summary then gives the batches' mean size and
+``images_per_second``. ``--torch-threads`` is the torch intra-op threads
 per process (default: the cores divided by the workers). The peak RSS is each process's
 ``ru_maxrss`` (models, warm-up and every study included). The workers' CPU time per image, and the
 throughput it allows on cores nobody else uses, are printed too: other processes inflate the
@@ -45,6 +51,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=int, default=20, help="timed one-image studies (plus one warm-up per worker)")
     parser.add_argument("--size", type=int, default=2048, help="image side in pixels")
     parser.add_argument("--jobs", type=int, default=1, help="studies in flight per worker (threads sharing its models)")
+    parser.add_argument("--batch-images", type=int, default=1, help="images per model pass across the studies in flight (1: off)")
+    parser.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a study waits for others to share its batch")
+    parser.add_argument("--half", action="store_true", help="float16 autocast (for a GPU)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads per worker (default: cores / workers)")
     parser.add_argument("--distinct", type=int, default=4, help="images rendered; the others are copies under new UIDs")
     parser.add_argument("--weights", type=Path, default=None)
@@ -112,7 +121,10 @@ def worker_main(rank: int, args: dict, warmup: str, tasks: mp.Queue, ready: mp.Q
     from cxr_service.logs import configure_logging
 
     configure_logging("ERROR")
-    engine = AnalysisEngine.create(weights_dir=args["weights"], device=args["device"], min_score=None, max_pixels=64_000_000)
+    engine = AnalysisEngine.create(
+        weights_dir=args["weights"], device=args["device"], min_score=None, max_pixels=64_000_000,
+        half_precision=args["half"], batch_max_images=args["batch_images"], batch_max_wait_ms=args["batch_wait_ms"],
+    )  # fmt: skip
     out = Path(args["out"]) / f"worker-{rank}"
     run_one(Path(warmup), engine=engine, out=out / "warmup")
     ready.put(rank)
@@ -143,6 +155,8 @@ def worker_main(rank: int, args: dict, warmup: str, tasks: mp.Queue, ready: mp.Q
     for thread in threads:
         thread.join()
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    batches = [] if engine.batcher is None else [(b.studies, b.images) for b in engine.batcher.history]
+    engine.close()
     results.put(
         {
             "rank": rank,
@@ -150,6 +164,7 @@ def worker_main(rank: int, args: dict, warmup: str, tasks: mp.Queue, ready: mp.Q
             "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
             "cpu_s": usage.ru_utime + usage.ru_stime - cpu_start,
             "errors": errors,
+            "batches": batches,
             "end": time.time(),
         }
     )
@@ -170,7 +185,10 @@ def main(args: argparse.Namespace) -> dict:
         ctx = mp.get_context("spawn")
         tasks, ready, results = ctx.Queue(), ctx.Queue(), ctx.Queue()
         start = ctx.Event()
-        shared = {"torch_threads": torch_threads, "jobs": args.jobs, "weights": args.weights, "device": args.device, "out": str(out)}
+        shared = {
+            "torch_threads": torch_threads, "jobs": args.jobs, "weights": args.weights, "device": args.device,
+            "out": str(out), "batch_images": args.batch_images, "batch_wait_ms": args.batch_wait_ms, "half": args.half,
+        }  # fmt: skip
         procs = [
             ctx.Process(target=worker_main, args=(rank, shared, str(warmups[rank]), tasks, ready, start, results), daemon=True)
             for rank in range(args.workers)
@@ -200,6 +218,7 @@ def main(args: argparse.Namespace) -> dict:
     elapsed = ended - began
     analysed = sum(r["analysed"] for r in reports)
     cpu_ms = sum(r["cpu_s"] for r in reports) * 1000.0 / len(timed)
+    batches = [b for r in reports for b in r["batches"]]
     summary = {
         "workers": args.workers,
         "jobs_per_worker": args.jobs,
@@ -210,6 +229,14 @@ def main(args: argparse.Namespace) -> dict:
         "analysed": analysed,
         "elapsed_s": round(elapsed, 2),
         "images_per_hour": round(len(timed) / elapsed * 3600.0, 0),
+        "images_per_second": round(len(timed) / elapsed, 2),
+        "device": args.device,
+        "half_precision": args.half,
+        "batch_max_images": args.batch_images,
+        "batch_max_wait_ms": args.batch_wait_ms,
+        # The last batches of each worker (its history keeps 64): mean studies and images per model pass.
+        "batch_mean_studies": round(statistics.fmean(b[0] for b in batches), 2) if batches else None,
+        "batch_mean_images": round(statistics.fmean(b[1] for b in batches), 2) if batches else None,
         "ms_per_image_per_worker": round(elapsed * 1000.0 * args.workers / len(timed), 1),
         "peak_rss_mb": [r["peak_rss_mb"] for r in sorted(reports, key=lambda r: r["rank"])],
         # CPU time the workers spent per image, and the throughput it allows when the cores are
@@ -226,6 +253,11 @@ def main(args: argparse.Namespace) -> dict:
             f"{torch_threads} torch thread(s) each, {cores} cores: {elapsed:.1f} s, "
             f"{summary['images_per_hour']:.0f} images/h ({analysed} analysed)"
         )
+        if batches:
+            print(
+                f"batches of up to {args.batch_images} images: {summary['batch_mean_studies']} studies, "
+                f"{summary['batch_mean_images']} images on average"
+            )
         print(f"peak RSS per worker: {', '.join(f'{mb:.0f} MB' for mb in summary['peak_rss_mb'])} (max {max(summary['peak_rss_mb']):.0f} MB)")
         print(
             f"CPU per image {cpu_ms:.0f} ms: {summary['cpu_bound_images_per_hour']:.0f} images/h when the cores are the "

@@ -82,6 +82,19 @@ class Settings(BaseSettings):
 
     weights_dir: Path | None = Field(None, description="Weights folder (default: the shipped demo weights).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    half_precision: bool = Field(
+        False, description="Run the models under float16 autocast (for a GPU; slower on the CPU, outputs differ slightly)."
+    )
+    batch_max_images: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Images the models take at once across the studies in flight (worker_threads > 1); "
+        "1: each study alone, as it arrives.",
+    )
+    batch_max_wait_ms: float = Field(
+        10.0, ge=0, le=10_000, description="How long a study waits for others to share its batch (batch_max_images > 1)."
+    )
     max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1, description="Largest request body of POST /v1/analyze.")
     max_pixels: int = Field(64_000_000, ge=1, description="Largest image accepted (rows x columns).")
     max_concurrent_uploads: int = Field(

@@ -359,6 +359,7 @@ class EmbeddedWorker:
     def __init__(self, queue: JobQueue, engine: LazyEngine, settings: Settings) -> None:
         runner = JobRunner(queue=queue, engine=engine, settings=settings)
         queue.set_runner(runner)
+        self.engine = engine
         self.consumer = queue.consumer(embedded=True)
         self.reaper = Reaper(queue, interval_s=max(1.0, settings.lease_s / 2))
         self.notifier = WebhookNotifier.from_settings(settings, runner.triage)
@@ -374,6 +375,7 @@ class EmbeddedWorker:
             self.notifier.stop()
         self.reaper.stop()
         self.consumer.stop(graceful=True)
+        self.engine.close()
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -403,4 +405,5 @@ def main(args: argparse.Namespace) -> None:
         if notifier is not None:
             notifier.stop()
         reaper.stop()
+        runner.engine.close()
         queue.close()

@@ -53,6 +53,8 @@ def create_app(
         finally:
             if worker is not None:
                 worker.stop()
+            if engine is None:
+                app.state.engine.close()
             if queue is None:
                 app.state.queue.close()
             app.state.triage.close()
