@@ -656,12 +656,13 @@ def evaluate_dataset(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     split_seed: int = DEFAULT_SPLIT_SEED,
     reporting_threshold: float | None = None,
+    half_precision: bool = False,
 ) -> EvaluationResult:
     """Read the data sources, keep the ``split`` part, run the analyser on every study and compute the metrics.
 
     ``data`` is one or several paths or ``PATH[,format=F][,weight=W]`` specs (``data_format`` is
     their default layout). ``reporting_threshold`` overrides the manifest's. ``analyzer`` defaults
-    to ``Analyzer.load(weights_dir=weights, device=device)``; pass one to reuse loaded models (any
+    to ``Analyzer.load(weights_dir=weights, device=device, half_precision=half_precision)``; pass one to reuse loaded models (any
     object with ``manifest`` and ``analyze_study(images, no_crop_ablation=...)``). The dataset
     readers and the analyser are imported here, not at module level, so the pure metric code
     imports without the model stack.
@@ -683,7 +684,7 @@ def evaluate_dataset(
     if analyzer is None:
         from cxr_models.inference.pipeline import Analyzer
 
-        analyzer = Analyzer.load(weights_dir=weights, device=device)
+        analyzer = Analyzer.load(weights_dir=weights, device=device, half_precision=half_precision)
     manifest = dict(analyzer.manifest)
     threshold = reporting_threshold_of(manifest, reporting_threshold)
     outcomes: dict[str, StudyOutcome] = {}
@@ -698,6 +699,7 @@ def evaluate_dataset(
 
     metrics, curves = compute_metrics(kept, outcomes, reporting_threshold=threshold)
     metrics["model_version"] = manifest.get("version")
+    metrics["half_precision"] = bool(getattr(analyzer, "half_precision", False))
     if reporting_threshold is not None:
         metrics["reporting_threshold_from"] = "--reporting-threshold"
     elif isinstance(manifest.get("reporting_threshold"), Mapping):
@@ -753,6 +755,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--limit", type=int, default=None, help="at most this many images (whole studies, in order)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--half-precision", action="store_true",
+        help="run the models under float16 autocast, as CXR_HALF_PRECISION does (recorded in metrics.json)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     return parser
 
@@ -770,6 +776,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         val_fraction=args.val_fraction,
         split_seed=args.split_seed,
         reporting_threshold=args.reporting_threshold,
+        half_precision=args.half_precision,
     )
     metrics_path = write_metrics(args.out, result.metrics)
     report_path = write_report(args.out, result.metrics, result.curves, manifest=result.manifest)
