@@ -27,6 +27,7 @@ from cxr_models.evaluation.evaluate import (
     write_metrics,
 )
 from cxr_models.datasets.sources import DataSource
+from cxr_models.evaluation.intervals import BootstrapSettings
 from cxr_models.train.data import in_validation, select_split
 from cxr_models.evaluation.report import REPORT_NAME, write_report
 from cxr_models.records import Box, ImageRecord, ScoredBox
@@ -264,16 +265,16 @@ def test_write_report_and_metrics(tmp_path: Path) -> None:
     assert "Not for clinical use" in text
     assert "test-1" in text and "arch=resnet" in text
     assert "/data/phantom" in text
-    assert "Opacity AP@0.5 (ensemble) (`opacity_map50`) | 0.5000 | 3 | 2 |" in text
+    assert "Opacity AP@0.5 (ensemble) (`opacity_map50`) | 0.5000 | 0.000–1.000 | 3 | 2 |" in text
     assert "**Data:** `/data/phantom` — all records" in text
     assert "### Per data source" in text and "| unknown | 4 |" in text
     assert "- predicted lateral: 1" in text
-    assert "(`normal_abnormal_auc`) | 1.0000 | 2 | 1 |" in text
-    assert "(`false_boxes_per_negative`) | 1.0000 | 1 | 1 |" in text
+    assert "(`normal_abnormal_auc`) | 1.0000 | 1.000–1.000 | 2 | 1 |" in text
+    assert "(`false_boxes_per_negative`) | 1.0000 |  | 1 | 1 |" in text  # one negative: no interval
     rows = [line for line in text.splitlines() if line.startswith("| ") and "(`" in line]
     assert len(rows) >= 20
-    for row in rows:  # a definition's own "|" (as in |P∩T|) is escaped, so every row has 5 cells
-        assert row.replace("\\|", "").count("|") == 6, row
+    for row in rows:  # a definition's own "|" (as in |P∩T|) is escaped, so every row has 6 cells
+        assert row.replace("\\|", "").count("|") == 7, row
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == sorted(
         [
@@ -295,6 +296,10 @@ def test_write_report_and_metrics(tmp_path: Path) -> None:
     loaded = json.loads(path.read_text())
     assert loaded["opacity_map50"] == pytest.approx(0.5)
     assert loaded["opacity_percent_auc_severe"] is None
+    assert loaded["ci"]["opacity_map50"] == [0.0, 1.0]
+    assert "### Paired differences" in text
+    assert "| ensemble AP@0.5 − detector B AP@0.5 | 0.000–1.000 |" in text
+    assert "percentile bootstrap, 1000 resamples (seed 0)" in text
 
 
 def test_args_parser_defaults() -> None:
@@ -302,10 +307,21 @@ def test_args_parser_defaults() -> None:
     assert (args.format, args.device, args.limit, args.weights, args.no_progress) == ("auto", "auto", None, None, False)
     assert (args.data, args.split, args.val_fraction, args.split_seed) == (["d"], "all", 0.2, 0)
     assert args.reporting_threshold is None
+    assert args.bootstrap == 1000
     args = get_args_parser().parse_args(
-        ["--data", "a,weight=2", "--data", "b", "--out", "o", "--split", "val", "--reporting-threshold", "0.6"]
+        ["--data", "a,weight=2", "--data", "b", "--out", "o", "--split", "val", "--reporting-threshold", "0.6",
+         "--bootstrap", "0"]
     )
-    assert (args.data, args.split, args.reporting_threshold) == (["a,weight=2", "b"], "val", 0.6)
+    assert (args.data, args.split, args.reporting_threshold, args.bootstrap) == (["a,weight=2", "b"], "val", 0.6, 0)
+
+
+def test_bootstrap_zero_gives_no_intervals() -> None:
+    metrics, _ = compute_metrics(_records(), _outcomes(), bootstrap=BootstrapSettings(resamples=0))
+    assert metrics["ci"] == {}
+    assert metrics["ci_method"] == "none (--bootstrap 0)"
+    seeded, _ = compute_metrics(_records(), _outcomes(), bootstrap=BootstrapSettings(resamples=200, seed=5))
+    again, _ = compute_metrics(_records(), _outcomes(), bootstrap=BootstrapSettings(resamples=200, seed=5))
+    assert seeded["ci"] == again["ci"] and seeded["ci"]
 
 
 def test_reporting_threshold_from_override_manifest_or_default() -> None:

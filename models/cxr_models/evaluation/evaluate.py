@@ -54,17 +54,31 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cxr_models.evaluation.intervals import (
+    DEFAULT_RESAMPLES,
+    BootstrapSettings,
+    ap_difference_statistic,
+    ap_statistic,
+    auc_statistic,
+    bootstrap_interval,
+    dice_statistic,
+    macro_auc_statistic,
+    mean_statistic,
+    spearman_statistic,
+)
 from cxr_models.evaluation.metrics import (
+    ImageMatches,
     MaskOverlap,
     PrecisionRecall,
     accuracy,
-    average_precision,
+    average_precision_of,
     boxes_per_image,
     confusion_matrix,
     counts_at_threshold,
     macro_auc_ovr,
     mae,
     mask_overlap,
+    match_images,
     mean_defined,
     none_scores,
     ranking_average_precision,
@@ -296,11 +310,12 @@ def study_outcome(
 # --------------------------------------------------------------------------- metrics
 
 
-def _detection_ap(
+def _detection_matches(
     pairs: Sequence[tuple[ImageRecord, ImageOutcome]],
     select: BoxSource,
-) -> PrecisionRecall | None:
-    """AP of the boxes ``select(outcome)`` returns (None = this source was not produced for the image).
+) -> list[ImageMatches] | None:
+    """Each image's boxes ``select(outcome)`` (None = this source was not produced for the image)
+    matched against its reference boxes.
 
     None when no analysed image produced the source (e.g. the ablation was not run).
     """
@@ -308,7 +323,7 @@ def _detection_ap(
     if not any(p is not None for (_, o), p in zip(pairs, produced, strict=True) if o.analysed):
         return None
     preds = [() if p is None else p for p in produced]
-    return average_precision(preds, [r.boxes or () for r, _ in pairs])
+    return match_images(preds, [r.boxes or () for r, _ in pairs])
 
 
 def compute_metrics(
@@ -316,15 +331,18 @@ def compute_metrics(
     predictions: Mapping[str, StudyOutcome],
     *,
     reporting_threshold: float = DEFAULT_REPORTING_THRESHOLD,
+    bootstrap: BootstrapSettings | None = None,
 ) -> tuple[dict[str, Any], ReportCurves]:
     """Every metric and plot input from the records and the per-study outcomes.
 
     ``predictions`` maps :func:`study_key` to the study's outcome, whose images follow the order of
     :func:`group_studies`. ``reporting_threshold`` is the fused-box score from which a box is shown
-    (false boxes per negative image and recall at that threshold). Returns the flat metrics
-    dictionary (scalars at the top level, sample counts under ``"n"``, positives under
-    ``"n_positive"``, dataset counts under ``"counts"`` and ``"counts_by_source"``) and the curves
-    for the report.
+    (false boxes per negative image and recall at that threshold). ``bootstrap`` sets the
+    resampling of the intervals (:mod:`cxr_models.evaluation.intervals`; default 1000 resamples,
+    seed 0). Returns the flat metrics dictionary (scalars at the top level, sample counts under
+    ``"n"``, positives under ``"n_positive"``, 95 % intervals ``[low, high]`` under ``"ci"``, with
+    the paired differences ``opacity_map50_minus_detector_a`` etc., dataset counts under
+    ``"counts"`` and ``"counts_by_source"``) and the curves for the report.
     """
     groups = group_studies(records)
     pairs: list[tuple[ImageRecord, ImageOutcome]] = []
@@ -383,8 +401,12 @@ def compute_metrics(
     }
     opacity_pr: dict[str, PrecisionRecall] = {}
     n_reference_boxes = sum(len(r.boxes or ()) for r, _ in annotated)
+    detection_matches: dict[str, list[ImageMatches]] = {}
     for key, (label, select) in sources.items():
-        result = _detection_ap(annotated, select) if annotated else None
+        matches = _detection_matches(annotated, select) if annotated else None
+        result = None if matches is None else average_precision_of(matches)
+        if matches is not None:
+            detection_matches[key] = matches
         metrics[key] = None if result is None else result.ap
         n[key] = len(annotated)
         n_pos[key] = n_reference_boxes
@@ -492,6 +514,36 @@ def compute_metrics(
     analysed = [o for _, o in pairs if o.analysed]
     metrics["crop_fallback_rate"] = mean_defined([1.0 if o.crop_fallback else 0.0 for o in analysed])
     n["crop_fallback_rate"] = len(analysed)
+
+    # Uncertainty: bootstrap intervals of the headline figures and of the paired AP differences.
+    settings = bootstrap if bootstrap is not None else BootstrapSettings()
+    lung_nonempty = [o.lung_overlap for _, o in frontal if o.lung_overlap is not None and o.lung_overlap.truth > 0]
+    statistics: dict[str, tuple[Any, int]] = {
+        "view_accuracy": (mean_statistic([float(t == p) for t, p in viewed]), len(viewed)),
+        "lung_dice": (dice_statistic(lung_nonempty), len(lung_nonempty)),
+        **{key: (ap_statistic(m), len(m)) for key, m in detection_matches.items()},
+        "false_boxes_per_negative": (
+            mean_statistic([sum(1 for b in boxes if b.score >= reporting_threshold) for boxes in negatives]),
+            len(negatives),
+        ),
+        "normal_abnormal_auc": (auc_statistic(p_abnormal, abnormal_truth), len(with_abnormal)),
+        "study_macro_auc": (macro_auc_statistic(probs, labels, STUDY_LABELS), len(labelled)),
+        "opacity_percent_spearman": (spearman_statistic(severity_pred, severity_truth), len(severity_pairs)),
+    }
+    ensemble = detection_matches.get("opacity_map50")
+    for other in ("opacity_map50_detector_a", "opacity_map50_detector_b", "opacity_map50_no_crop"):
+        if ensemble is not None and other in detection_matches:
+            statistics[f"opacity_map50_minus_{other.removeprefix('opacity_map50_')}"] = (
+                ap_difference_statistic(ensemble, detection_matches[other]),
+                len(ensemble),
+            )
+    intervals = {}
+    for key, (statistic, n_items) in statistics.items():
+        interval = bootstrap_interval(statistic, n_items, settings=settings)
+        if interval is not None:
+            intervals[key] = interval.as_list()
+    metrics["ci"] = intervals
+    metrics["ci_method"] = settings.describe() if settings.resamples else "none (--bootstrap 0)"
 
     view_counts = Counter(r.view or "unknown" for r, _ in pairs)
     class_counts = Counter(labels)
@@ -657,6 +709,7 @@ def evaluate_dataset(
     split_seed: int = DEFAULT_SPLIT_SEED,
     reporting_threshold: float | None = None,
     half_precision: bool = False,
+    bootstrap: BootstrapSettings | None = None,
 ) -> EvaluationResult:
     """Read the data sources, keep the ``split`` part, run the analyser on every study and compute the metrics.
 
@@ -697,7 +750,7 @@ def evaluate_dataset(
         opacity_truth = [load_opacity_mask(r, shape=img.shape) for r, img in zip(recs, images, strict=True)]
         outcomes[key] = study_outcome(prediction, lung_truth=lung_truth, opacity_truth=opacity_truth)
 
-    metrics, curves = compute_metrics(kept, outcomes, reporting_threshold=threshold)
+    metrics, curves = compute_metrics(kept, outcomes, reporting_threshold=threshold, bootstrap=bootstrap)
     metrics["model_version"] = manifest.get("version")
     metrics["half_precision"] = bool(getattr(analyzer, "half_precision", False))
     if reporting_threshold is not None:
@@ -759,6 +812,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--half-precision", action="store_true",
         help="run the models under float16 autocast, as CXR_HALF_PRECISION does (recorded in metrics.json)",
     )
+    parser.add_argument(
+        "--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
+        help=f"bootstrap resamples of the 95%% intervals in metrics.json and report.md (default {DEFAULT_RESAMPLES}; 0: none)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     return parser
 
@@ -777,6 +834,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         split_seed=args.split_seed,
         reporting_threshold=args.reporting_threshold,
         half_precision=args.half_precision,
+        bootstrap=BootstrapSettings(resamples=args.bootstrap),
     )
     metrics_path = write_metrics(args.out, result.metrics)
     report_path = write_report(args.out, result.metrics, result.curves, manifest=result.manifest)

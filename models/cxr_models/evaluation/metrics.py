@@ -112,6 +112,51 @@ def _match_image(predictions: Sequence[ScoredBox], truth: Sequence[Box], *, iou_
     return hits
 
 
+@dataclass(frozen=True)
+class ImageMatches:
+    """One image's predictions matched against its ground truth: scores, TP flags, ground-truth count.
+
+    Matching is per image, so the AP of any set of images (a bootstrap resample included) follows
+    from these without matching again (:func:`average_precision_of`).
+    """
+
+    scores: np.ndarray
+    hits: np.ndarray
+    n_truth: int
+
+
+def match_images(
+    predictions: Sequence[Sequence[ScoredBox]],
+    truth: Sequence[Sequence[Box]],
+    *,
+    iou_threshold: float = 0.5,
+) -> list[ImageMatches]:
+    """Each image's :class:`ImageMatches` (see :func:`average_precision` for the matching rule)."""
+    if len(predictions) != len(truth):
+        raise ValueError(
+            f"predictions and truth must list the same images, got {len(predictions)} and {len(truth)}"
+        )
+    if not 0.0 <= iou_threshold < 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
+    return [
+        ImageMatches(
+            scores=np.asarray([float(p.score) for p in preds], dtype=np.float64),
+            hits=_match_image(preds, gts, iou_threshold=iou_threshold),
+            n_truth=len(gts),
+        )
+        for preds, gts in zip(predictions, truth, strict=True)
+    ]
+
+
+def average_precision_of(matches: Sequence[ImageMatches]) -> PrecisionRecall:
+    """VOC AP over the images whose :class:`ImageMatches` are given (an image may repeat)."""
+    if not matches:
+        return _pr_from_ranked(np.zeros(0, dtype=np.float64), np.zeros(0, dtype=bool), n_truth=0)
+    scores = np.concatenate([m.scores for m in matches])
+    hits = np.concatenate([m.hits for m in matches])
+    return _pr_from_ranked(scores, hits, n_truth=sum(m.n_truth for m in matches))
+
+
 def average_precision(
     predictions: Sequence[Sequence[ScoredBox]],
     truth: Sequence[Sequence[Box]],
@@ -132,21 +177,7 @@ def average_precision(
     * ground truth but no predictions: 0.0;
     * predictions but no ground truth: 0.0 (every prediction is a false positive).
     """
-    if len(predictions) != len(truth):
-        raise ValueError(
-            f"predictions and truth must list the same images, got {len(predictions)} and {len(truth)}"
-        )
-    if not 0.0 <= iou_threshold < 1.0:
-        raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
-    scores: list[float] = []
-    hits: list[np.ndarray] = []
-    n_truth = 0
-    for preds, gts in zip(predictions, truth, strict=True):
-        n_truth += len(gts)
-        scores.extend(float(p.score) for p in preds)
-        hits.append(_match_image(preds, gts, iou_threshold=iou_threshold))
-    flags = np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
-    return _pr_from_ranked(np.asarray(scores, dtype=np.float64), flags, n_truth=n_truth)
+    return average_precision_of(match_images(predictions, truth, iou_threshold=iou_threshold))
 
 
 def boxes_at_threshold(boxes: Sequence[ScoredBox], threshold: float) -> list[ScoredBox]:

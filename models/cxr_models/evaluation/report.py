@@ -351,12 +351,12 @@ def _metrics_table(metrics: Mapping[str, Any]) -> list[str]:
         value = table.get(key)
         return _value_cell(value) if value is not None else ""
 
-    lines = ["| metric | value | n | positives | definition |", "|---|---|---|---|---|"]
+    lines = ["| metric | value | 95 % CI | n | positives | definition |", "|---|---|---|---|---|---|"]
     for key, (title, definition) in METRIC_DEFINITIONS.items():
         if key in metrics:
             lines.append(
-                f"| {_cell(title)} (`{key}`) | {_value_cell(metrics[key])} | {count(counts, key)} | "
-                f"{count(positives, key)} | {_cell(definition)} |"
+                f"| {_cell(title)} (`{key}`) | {_value_cell(metrics[key])} | {interval_text(metrics, key)} | "
+                f"{count(counts, key)} | {count(positives, key)} | {_cell(definition)} |"
             )
     others = [
         k
@@ -364,8 +364,46 @@ def _metrics_table(metrics: Mapping[str, Any]) -> list[str]:
         if k not in METRIC_DEFINITIONS and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
     ]
     for key in sorted(others):
-        lines.append(f"| `{key}` | {_value_cell(metrics[key])} | {count(counts, key)} | {count(positives, key)} | |")
+        lines.append(
+            f"| `{key}` | {_value_cell(metrics[key])} | {interval_text(metrics, key)} | {count(counts, key)} | "
+            f"{count(positives, key)} | |"
+        )
     return lines
+
+
+def interval_text(metrics: Mapping[str, Any], key: str) -> str:
+    """``low–high`` of the metric's bootstrap interval (``metrics["ci"][key]``), empty without one."""
+    intervals = metrics.get("ci")
+    interval = intervals.get(key) if isinstance(intervals, Mapping) else None
+    if not isinstance(interval, (list, tuple)) or len(interval) != 2:
+        return ""
+    return f"{interval[0]:.3f}–{interval[1]:.3f}"
+
+
+# Paired differences in metrics["ci"] (not metrics of their own): key -> what it compares.
+PAIRED_DIFFERENCES: dict[str, str] = {
+    "opacity_map50_minus_detector_a": "ensemble AP@0.5 − detector A AP@0.5",
+    "opacity_map50_minus_detector_b": "ensemble AP@0.5 − detector B AP@0.5",
+    "opacity_map50_minus_no_crop": "ensemble AP@0.5 with the lung crop − without it",
+}
+
+
+def _differences_lines(metrics: Mapping[str, Any]) -> list[str]:
+    intervals = metrics.get("ci")
+    if not isinstance(intervals, Mapping) or not any(k in intervals for k in PAIRED_DIFFERENCES):
+        return []
+    lines = [
+        "### Paired differences",
+        "",
+        "The same bootstrap resamples of the annotated images for both sides; an interval above 0 means the "
+        "first is better on resamples of this data, one that spans 0 means this data cannot tell them apart.",
+        "",
+        "| difference | 95 % CI |",
+        "|---|---|",
+    ]
+    lines += [f"| {_cell(title)} | {interval_text(metrics, key)} |" for key, title in PAIRED_DIFFERENCES.items()
+              if key in intervals]
+    return lines + [""]
 
 
 def _source_table(metrics: Mapping[str, Any]) -> list[str]:
@@ -470,9 +508,12 @@ def write_report(
     lines.append(
         "`n/a`: undefined on this data (e.g. no positive or no annotated image). `n`: images (studies for "
         "study metrics) that carry the metric's label; `positives`: the positives among them (reference boxes "
-        "for the detection APs)."
+        "for the detection APs). 95 % CI: "
+        + _cell(str(metrics.get("ci_method", "not computed")))
+        + "."
     )
     lines.append("")
+    lines += _differences_lines(metrics)
     reasons = metrics.get("not_analysed_reasons")
     if isinstance(reasons, Mapping) and reasons:
         lines += ["### Frontal images not analysed", ""]
@@ -495,8 +536,10 @@ def write_report(
 def summary_rows(metrics: Mapping[str, Any], keys: Sequence[str] | None = None) -> list[tuple[str, str]]:
     """(title, formatted value) pairs of the defined metrics, for a console summary."""
     chosen = list(METRIC_DEFINITIONS) if keys is None else list(keys)
-    return [
-        (METRIC_DEFINITIONS.get(k, (k, ""))[0], _value_cell(metrics[k]))
-        for k in chosen
-        if k in metrics
-    ]
+    rows = []
+    for k in chosen:
+        if k in metrics:
+            interval = interval_text(metrics, k)
+            value = _value_cell(metrics[k])
+            rows.append((METRIC_DEFINITIONS.get(k, (k, ""))[0], f"{value}  (95 % CI {interval})" if interval else value))
+    return rows
