@@ -89,6 +89,9 @@ EVAL="cxr evaluate --data data/test --out runs/eval --no-progress"
 $EVAL
 python -m cxr_models.weights.record --metrics runs/eval/metrics.json --command "$EVAL" \
   --data-seed 9001 --data-command "$TEST_DATA"
+# Opacity % against every covid severity score (51; 45 in the training part of the lung, view and
+# study models, none ever trained on a score): indicative only, not recorded in the manifest.
+cxr evaluate --data $COVID --split all --out runs/eval_severity_all --no-progress
 
 # Transfer ablation (not shipped): PhantomCXR changes judged by the real-validation score of a
 # lung model trained on synthetic data only.

@@ -55,6 +55,11 @@ def test_manifest_lists_every_model_with_provenance_and_metrics() -> None:
     real = manifest["evaluation_real"]
     assert real["command"].startswith("cxr evaluate") and real["data"]["split"]["split"] == "val"
     assert all(key in real["metrics"] for key in REQUIRED_REAL_METRICS)
+    # with their bootstrap intervals, each around its figure
+    for block in (evaluation, real):
+        for key in ("opacity_map50", "lung_dice", "view_accuracy"):
+            low, high = block["metrics"]["ci"][key]
+            assert low <= block["metrics"][key] <= high, key
     # every threshold was chosen on the validation part
     assert manifest["reporting_threshold"]["split"]["split"] == "val"
     assert manifest["reporting_threshold"]["max_false_per_negative"] == 0.5
