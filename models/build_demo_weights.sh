@@ -92,6 +92,11 @@ python -m cxr_models.weights.record --metrics runs/eval/metrics.json --command "
 # Opacity % against every covid severity score (51; 45 in the training part of the lung, view and
 # study models, none ever trained on a score): indicative only, not recorded in the manifest.
 cxr evaluate --data $COVID --split all --out runs/eval_severity_all --no-progress
+# The shipped weights against the PhantomCXR-only 0.1.0-demo ones on the real validation part
+# (paired bootstrap intervals of each difference).
+mkdir -p runs/weights_0.1.0 && cp runs/init/*.pt runs/weights_0.1.0/
+git show "$INIT_COMMIT:models/cxr_models/weights/manifest.json" > runs/weights_0.1.0/manifest.json
+cxr evaluate --data $NIH --data $COVID --split val --baseline-weights runs/weights_0.1.0 --out runs/eval_real_vs_0.1.0 --no-progress
 
 # Transfer ablation (not shipped): PhantomCXR changes judged by the real-validation score of a
 # lung model trained on synthetic data only.

@@ -14,12 +14,14 @@ from cxr_models.evaluation.evaluate import (
     DEFAULT_REPORTING_THRESHOLD,
     ImageOutcome,
     StudyOutcome,
+    compare_measurements,
     compute_metrics,
     evaluate_dataset,
     get_args_parser,
     group_studies,
     limit_studies,
     main,
+    measure,
     reason_prefix,
     reporting_threshold_of,
     resolve_tuning_split,
@@ -536,3 +538,43 @@ def test_record_real_metrics_beside_the_synthetic_ones(tmp_path: Path) -> None:
         evaluation_key("real")
     with pytest.raises(SystemExit):  # the synthetic block needs its PhantomCXR seed
         record_main(record_parser().parse_args(["--metrics", str(path), "--command", "x", "--weights-dir", str(weights)]))
+
+
+class _BoxlessAnalyzer(_ConstantAnalyzer):
+    """As _ConstantAnalyzer, without any opacity box."""
+
+    manifest = {"version": "boxless-0", "models": {}}
+
+    def analyze_study(self, images: list[np.ndarray], *, no_crop_ablation: bool = False) -> SimpleNamespace:
+        result = super().analyze_study(images, no_crop_ablation=no_crop_ablation)
+        empty = {"detector_a": (), "detector_b": ()}
+        images_out = tuple(
+            _image(**{**vars(p), "opacities": (), "opacities_by_detector": empty, "opacities_no_crop": ()})
+            for p in result.images
+        )
+        return SimpleNamespace(label=result.label, probabilities=result.probabilities, images=images_out)
+
+
+def test_baseline_weights_give_paired_differences(tmp_path: Path) -> None:
+    root = tiny_siim(tmp_path / "siim", phantom=True)
+    baseline = _BoxlessAnalyzer()
+    result = evaluate_dataset(root, analyzer=_ConstantAnalyzer(), baseline_analyzer=baseline, show_progress=False)
+    assert sorted(baseline.calls) == [1, 1, 2]  # the baseline ran on the same studies
+    comparison = result.metrics["comparison"]
+    assert comparison["baseline_version"] == "boxless-0" and comparison["baseline_weights"] is None
+    ap = comparison["metrics"]["opacity_map50"]
+    assert (ap["value"], ap["baseline"]) == (pytest.approx(0.25), 0.0)
+    assert ap["difference"] == pytest.approx(0.25)
+    # Same lungs on both sides: no difference on any resample.
+    assert comparison["metrics"]["lung_dice"]["difference"] == 0.0
+    assert comparison["metrics"]["lung_dice"]["ci"] == [0.0, 0.0]
+    out = tmp_path / "out"
+    text = write_report(out, result.metrics, result.curves, manifest=result.manifest).read_text(encoding="utf-8")
+    assert "## Against the baseline weights" in text
+    assert "| Opacity AP@0.5 (ensemble) | 0.2500 | 0.0000 | +0.2500 |" in text
+    # Measurements of different records cannot be paired: the hand-built records with and without study S3.
+    full = measure(_records(), _outcomes())
+    fewer = [r for r in _records() if r.study_id != "S3"]
+    partial = measure(fewer, {k: v for k, v in _outcomes().items() if k != "S3"})
+    with pytest.raises(ValueError, match="not the same records"):
+        compare_measurements(full, partial)

@@ -57,6 +57,8 @@ import numpy as np
 from cxr_models.evaluation.intervals import (
     DEFAULT_RESAMPLES,
     BootstrapSettings,
+    Statistic,
+    difference_statistic,
     ap_difference_statistic,
     ap_statistic,
     auc_statistic,
@@ -88,7 +90,7 @@ from cxr_models.evaluation.metrics import (
     spearman,
     summarize_segmentation,
 )
-from cxr_models.evaluation.report import ConfusionData, ReportCurves, summary_rows, write_report
+from cxr_models.evaluation.report import ConfusionData, ReportCurves, comparison_rows, summary_rows, write_report
 from cxr_models.records import STUDY_LABELS, VIEWS, ImageRecord, ScoredBox
 from cxr_models.train.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLITS, select_split
 
@@ -326,6 +328,17 @@ def _detection_matches(
     return match_images(preds, [r.boxes or () for r, _ in pairs])
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """What :func:`measure` gives: the metrics, the report curves, and each interval metric's
+    bootstrap statistic with its number of units (images, studies or pairs, in record order, so
+    two measurements of the same records resample the same units)."""
+
+    metrics: dict[str, Any]
+    curves: ReportCurves
+    statistics: dict[str, tuple[Statistic, int]]
+
+
 def compute_metrics(
     records: Sequence[ImageRecord],
     predictions: Mapping[str, StudyOutcome],
@@ -333,6 +346,18 @@ def compute_metrics(
     reporting_threshold: float = DEFAULT_REPORTING_THRESHOLD,
     bootstrap: BootstrapSettings | None = None,
 ) -> tuple[dict[str, Any], ReportCurves]:
+    """The metrics and report curves of :func:`measure`."""
+    measurement = measure(records, predictions, reporting_threshold=reporting_threshold, bootstrap=bootstrap)
+    return measurement.metrics, measurement.curves
+
+
+def measure(
+    records: Sequence[ImageRecord],
+    predictions: Mapping[str, StudyOutcome],
+    *,
+    reporting_threshold: float = DEFAULT_REPORTING_THRESHOLD,
+    bootstrap: BootstrapSettings | None = None,
+) -> Measurement:
     """Every metric and plot input from the records and the per-study outcomes.
 
     ``predictions`` maps :func:`study_key` to the study's outcome, whose images follow the order of
@@ -518,7 +543,7 @@ def compute_metrics(
     # Uncertainty: bootstrap intervals of the headline figures and of the paired AP differences.
     settings = bootstrap if bootstrap is not None else BootstrapSettings()
     lung_nonempty = [o.lung_overlap for _, o in frontal if o.lung_overlap is not None and o.lung_overlap.truth > 0]
-    statistics: dict[str, tuple[Any, int]] = {
+    statistics: dict[str, tuple[Statistic, int]] = {
         "view_accuracy": (mean_statistic([float(t == p) for t, p in viewed]), len(viewed)),
         "lung_dice": (dice_statistic(lung_nonempty), len(lung_nonempty)),
         **{key: (ap_statistic(m), len(m)) for key, m in detection_matches.items()},
@@ -528,17 +553,25 @@ def compute_metrics(
         ),
         "normal_abnormal_auc": (auc_statistic(p_abnormal, abnormal_truth), len(with_abnormal)),
         "study_macro_auc": (macro_auc_statistic(probs, labels, STUDY_LABELS), len(labelled)),
-        "opacity_percent_spearman": (spearman_statistic(severity_pred, severity_truth), len(severity_pairs)),
+        # Every frontal image with a score (NaN where no opacity % was predicted; a resample drops those).
+        "opacity_percent_spearman": (
+            spearman_statistic(
+                [np.nan if o.opacity_percent is None else o.opacity_percent for _, o in with_severity],
+                [float(r.severity) for r, _ in with_severity],
+            ),
+            len(with_severity),
+        ),
     }
+    differences: dict[str, tuple[Statistic, int]] = {}
     ensemble = detection_matches.get("opacity_map50")
     for other in ("opacity_map50_detector_a", "opacity_map50_detector_b", "opacity_map50_no_crop"):
         if ensemble is not None and other in detection_matches:
-            statistics[f"opacity_map50_minus_{other.removeprefix('opacity_map50_')}"] = (
+            differences[f"opacity_map50_minus_{other.removeprefix('opacity_map50_')}"] = (
                 ap_difference_statistic(ensemble, detection_matches[other]),
                 len(ensemble),
             )
     intervals = {}
-    for key, (statistic, n_items) in statistics.items():
+    for key, (statistic, n_items) in {**statistics, **differences}.items():
         interval = bootstrap_interval(statistic, n_items, settings=settings)
         if interval is not None:
             intervals[key] = interval.as_list()
@@ -587,7 +620,36 @@ def compute_metrics(
         severity_predicted=severity_pred if severity_pairs else None,
         severity_spearman=correlation.rho,
     )
-    return metrics, report_curves
+    return Measurement(metrics=metrics, curves=report_curves, statistics=statistics)
+
+
+def compare_measurements(
+    current: Measurement, baseline: Measurement, *, bootstrap: BootstrapSettings | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per interval metric: these weights' value, the baseline's, their difference and its paired
+    95 % interval (the same resampled units for both; both measurements must be of the same records).
+
+    A metric undefined on either side is left out.
+    """
+    settings = bootstrap if bootstrap is not None else BootstrapSettings()
+    out: dict[str, dict[str, Any]] = {}
+    for key, (statistic, n_items) in current.statistics.items():
+        if key not in baseline.statistics:
+            continue
+        base_statistic, base_n = baseline.statistics[key]
+        if base_n != n_items:
+            raise ValueError(f"metric {key!r}: {n_items} units here, {base_n} in the baseline: not the same records")
+        value, base_value = current.metrics.get(key), baseline.metrics.get(key)
+        if value is None or base_value is None:
+            continue
+        interval = bootstrap_interval(difference_statistic(statistic, base_statistic), n_items, settings=settings)
+        out[key] = {
+            "value": value,
+            "baseline": base_value,
+            "difference": value - base_value,
+            "ci": None if interval is None else interval.as_list(),
+        }
+    return out
 
 
 def counts_by_source(pairs: Sequence[tuple[ImageRecord, ImageOutcome]]) -> dict[str, dict[str, int]]:
@@ -710,6 +772,8 @@ def evaluate_dataset(
     reporting_threshold: float | None = None,
     half_precision: bool = False,
     bootstrap: BootstrapSettings | None = None,
+    baseline_weights: Path | None = None,
+    baseline_analyzer: Analyzer | None = None,
 ) -> EvaluationResult:
     """Read the data sources, keep the ``split`` part, run the analyser on every study and compute the metrics.
 
@@ -719,6 +783,10 @@ def evaluate_dataset(
     object with ``manifest`` and ``analyze_study(images, no_crop_ablation=...)``). The dataset
     readers and the analyser are imported here, not at module level, so the pure metric code
     imports without the model stack.
+
+    ``baseline_weights`` (or a loaded ``baseline_analyzer``) runs a second set of weights on the
+    same studies; ``metrics["comparison"]`` then gives, per interval metric, both values, their
+    difference and its paired bootstrap interval (:func:`compare_measurements`).
     """
     from cxr_models.datasets import load_image, load_lung_mask, load_opacity_mask
     from cxr_models.train.common import progress
@@ -738,19 +806,40 @@ def evaluate_dataset(
         from cxr_models.inference.pipeline import Analyzer
 
         analyzer = Analyzer.load(weights_dir=weights, device=device, half_precision=half_precision)
+    if baseline_analyzer is None and baseline_weights is not None:
+        from cxr_models.inference.pipeline import Analyzer
+
+        baseline_analyzer = Analyzer.load(weights_dir=baseline_weights, device=device, half_precision=half_precision)
     manifest = dict(analyzer.manifest)
     threshold = reporting_threshold_of(manifest, reporting_threshold)
-    outcomes: dict[str, StudyOutcome] = {}
+    runs = {"current": analyzer} if baseline_analyzer is None else {"current": analyzer, "baseline": baseline_analyzer}
+    outcomes: dict[str, dict[str, StudyOutcome]] = {name: {} for name in runs}
     for key, recs in progress(groups.items(), desc="evaluate", total=len(groups), disable=not show_progress):
         images = [load_image(r) for r in recs]
-        prediction = analyzer.analyze_study(images, no_crop_ablation=True)
-        if len(prediction.images) != len(images):
-            raise RuntimeError(f"study {key!r}: analyser returned {len(prediction.images)} results for {len(images)} images")
         lung_truth = [load_lung_mask(r, shape=img.shape) for r, img in zip(recs, images, strict=True)]
         opacity_truth = [load_opacity_mask(r, shape=img.shape) for r, img in zip(recs, images, strict=True)]
-        outcomes[key] = study_outcome(prediction, lung_truth=lung_truth, opacity_truth=opacity_truth)
+        for name, run in runs.items():
+            prediction = run.analyze_study(images, no_crop_ablation=True)
+            if len(prediction.images) != len(images):
+                raise RuntimeError(
+                    f"study {key!r}: {name} analyser returned {len(prediction.images)} results for {len(images)} images"
+                )
+            outcomes[name][key] = study_outcome(prediction, lung_truth=lung_truth, opacity_truth=opacity_truth)
 
-    metrics, curves = compute_metrics(kept, outcomes, reporting_threshold=threshold, bootstrap=bootstrap)
+    measured = measure(kept, outcomes["current"], reporting_threshold=threshold, bootstrap=bootstrap)
+    metrics, curves = measured.metrics, measured.curves
+    if baseline_analyzer is not None:
+        base_manifest = dict(baseline_analyzer.manifest)
+        baseline = measure(
+            kept, outcomes["baseline"], reporting_threshold=reporting_threshold_of(base_manifest, reporting_threshold),
+            bootstrap=bootstrap,
+        )
+        metrics["comparison"] = {
+            "baseline_weights": None if baseline_weights is None else str(baseline_weights),
+            "baseline_version": base_manifest.get("version"),
+            "baseline_reporting_threshold": baseline.metrics["reporting_threshold"],
+            "metrics": compare_measurements(measured, baseline, bootstrap=bootstrap),
+        }
     metrics["model_version"] = manifest.get("version")
     metrics["half_precision"] = bool(getattr(analyzer, "half_precision", False))
     if reporting_threshold is not None:
@@ -816,6 +905,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
         help=f"bootstrap resamples of the 95%% intervals in metrics.json and report.md (default {DEFAULT_RESAMPLES}; 0: none)",
     )
+    parser.add_argument(
+        "--baseline-weights", type=Path, default=None, metavar="DIR",
+        help="also run these weights on the same studies and report each metric's difference with a paired interval",
+    )
     parser.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     return parser
 
@@ -835,6 +928,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         reporting_threshold=args.reporting_threshold,
         half_precision=args.half_precision,
         bootstrap=BootstrapSettings(resamples=args.bootstrap),
+        baseline_weights=args.baseline_weights,
     )
     metrics_path = write_metrics(args.out, result.metrics)
     report_path = write_report(args.out, result.metrics, result.curves, manifest=result.manifest)
@@ -848,6 +942,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     width = max(len(title) for title, _ in rows)
     for title, value in rows:
         print(f"  {title:<{width}}  {value}")
+    compared = comparison_rows(result.metrics)
+    if compared:
+        print(f"  against {result.metrics['comparison']['baseline_weights']}: difference (95 % CI)")
+        for title, _, _, difference, interval in compared:
+            print(f"  {title:<{width}}  {difference}  ({interval or 'no interval'})")
     print(f"wrote {metrics_path} and {report_path}")
     return result.metrics
 

@@ -111,10 +111,14 @@ def ap_difference_statistic(first: Sequence[ImageMatches], second: Sequence[Imag
     """AP of ``first`` minus AP of ``second`` over the same resampled images (a paired difference)."""
     if len(first) != len(second):
         raise ValueError(f"first and second must match the same images, got {len(first)} and {len(second)}")
+    return difference_statistic(ap_statistic(first), ap_statistic(second))
+
+
+def difference_statistic(first: Statistic, second: Statistic) -> Statistic:
+    """``first`` minus ``second`` on the same resample (undefined where either is)."""
 
     def statistic(index: np.ndarray) -> float | None:
-        a = average_precision_of([first[i] for i in index]).ap
-        b = average_precision_of([second[i] for i in index]).ap
+        a, b = first(index), second(index)
         return None if a is None or b is None else a - b
 
     return statistic
@@ -158,11 +162,15 @@ def macro_auc_statistic(probabilities: np.ndarray, labels: Sequence[str], classe
 
 
 def spearman_statistic(x: Sequence[float], y: Sequence[float]) -> Statistic:
-    """Spearman ρ of the resampled pairs; undefined where a side is constant."""
+    """Spearman ρ of the resampled pairs, pairs with a NaN left out; undefined where a side is constant."""
     a = np.asarray(x, dtype=np.float64)
     b = np.asarray(y, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"x and y must have the same length, got {a.size} and {b.size}")
 
     def statistic(index: np.ndarray) -> float | None:
-        return spearman(a[index], b[index]).rho
+        xs, ys = a[index], b[index]
+        keep = np.isfinite(xs) & np.isfinite(ys)
+        return spearman(xs[keep], ys[keep]).rho
 
     return statistic

@@ -388,6 +388,46 @@ PAIRED_DIFFERENCES: dict[str, str] = {
 }
 
 
+def comparison_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(title, value, baseline, difference, 95 % CI) per metric of ``metrics["comparison"]``."""
+    comparison = metrics.get("comparison")
+    entries = comparison.get("metrics") if isinstance(comparison, Mapping) else None
+    if not isinstance(entries, Mapping):
+        return []
+    rows = []
+    for key, entry in entries.items():
+        interval = entry.get("ci")
+        rows.append((
+            METRIC_DEFINITIONS.get(key, (key, ""))[0],
+            _value_cell(entry.get("value")),
+            _value_cell(entry.get("baseline")),
+            f"{entry['difference']:+.4f}",
+            "" if not interval else f"{interval[0]:+.3f} to {interval[1]:+.3f}",
+        ))
+    return rows
+
+
+def _comparison_lines(metrics: Mapping[str, Any]) -> list[str]:
+    rows = comparison_rows(metrics)
+    if not rows:
+        return []
+    comparison = metrics["comparison"]
+    baseline = comparison.get("baseline_weights") or "the baseline analyser"
+    lines = [
+        "## Against the baseline weights",
+        "",
+        f"Baseline: `{_cell(str(baseline))}` (version {_value_cell(comparison.get('baseline_version'))}, reporting "
+        f"threshold {_value_cell(comparison.get('baseline_reporting_threshold'))}), run on the same studies. The "
+        "interval is a paired bootstrap of the difference (the same resampled units for both weights): one that "
+        "spans 0 means this data cannot tell the two apart.",
+        "",
+        "| metric | these weights | baseline | difference | 95 % CI of the difference |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {_cell(title)} | {value} | {base} | {diff} | {ci} |" for title, value, base, diff, ci in rows]
+    return lines + [""]
+
+
 def _differences_lines(metrics: Mapping[str, Any]) -> list[str]:
     intervals = metrics.get("ci")
     if not isinstance(intervals, Mapping) or not any(k in intervals for k in PAIRED_DIFFERENCES):
@@ -514,6 +554,7 @@ def write_report(
     )
     lines.append("")
     lines += _differences_lines(metrics)
+    lines += _comparison_lines(metrics)
     reasons = metrics.get("not_analysed_reasons")
     if isinstance(reasons, Mapping) and reasons:
         lines += ["### Frontal images not analysed", ""]
