@@ -7,8 +7,11 @@ module, so ``cxr train view ...`` and ``python -m cxr_models.train.view ...`` ar
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,24 @@ COMMANDS: dict[str, dict[str, Command] | Command] = {
 
 
 def run_module(command: Command, argv: Sequence[str], *, prog: str) -> None:
+    """Parse ``argv`` with the module's parser and run its ``main``.
+
+    An error in what the user gave (a dataset or weights folder that is missing or incomplete, a
+    malformed ``--data`` spec: ``ValueError``, ``OSError`` or ``WeightsError``) ends the command
+    with one line naming it and exit status 2, as argparse does for bad options; the traceback is
+    logged at DEBUG (``CXR_LOG_LEVEL=DEBUG``).
+    """
+    from cxr_models.weights import WeightsError
+
     module = importlib.import_module(command.module)
     parser = module.get_args_parser()
     parser.prog = prog
     args = parser.parse_args([*command.fixed_args, *argv])
-    module.main(args)
+    try:
+        module.main(args)
+    except (ValueError, OSError, WeightsError) as exc:
+        logger.debug("%s failed", prog, exc_info=True)
+        parser.exit(2, f"{prog}: error: {exc}\n")
 
 
 def dispatch(
