@@ -2,15 +2,17 @@
 
 ``python -m cxr_models.evaluation.evaluate --data PATH[,format=F][,weight=W] [--data ...] --out DIR
 [--split all|train|val] [--val-fraction 0.2] [--split-seed 0] [--reporting-threshold S]
-[--weights DIR] [--format auto] [--limit N] [--device auto] [--no-progress]``
+[--weights DIR] [--baseline-weights DIR] [--bootstrap 1000] [--format auto] [--limit N]
+[--device auto] [--no-progress]``
 
 ``--data`` repeats to evaluate several sources at once (see :mod:`cxr_models.datasets.sources`);
 ``--split`` keeps only one part of the shared patient-hash split of
 :func:`cxr_models.train.data.select_split`, so ``--split val`` measures on exactly the images the
 trainers held out.
 
-The pure part is :func:`compute_metrics` (records + per-study outcomes -> metrics and curves). The
-I/O part (:func:`evaluate_dataset`) reads the images, runs the analyser study by study, and reduces
+The pure part is :func:`measure` (records + per-study outcomes -> metrics, curves and the bootstrap
+statistics behind the 95 % intervals; :func:`compute_metrics` without the statistics), and
+:func:`compare_measurements` pairs two measurements of the same records. The I/O part (:func:`evaluate_dataset`) reads the images, runs the analyser study by study, and reduces
 each prediction right away to a :class:`StudyOutcome` (masks become overlap counts), so memory does
 not grow with full-size masks over a large dataset.
 
