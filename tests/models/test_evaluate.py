@@ -267,11 +267,11 @@ def test_write_report_and_metrics(tmp_path: Path) -> None:
     assert "Not for clinical use" in text
     assert "test-1" in text and "arch=resnet" in text
     assert "/data/phantom" in text
-    assert "Opacity AP@0.5 (ensemble) (`opacity_map50`) | 0.5000 | 0.000–1.000 | 3 | 2 |" in text
+    assert "Opacity AP@0.5 (ensemble) (`opacity_map50`) | 0.5000 | 0.000 to 1.000 | 3 | 2 |" in text
     assert "**Data:** `/data/phantom` — all records" in text
     assert "### Per data source" in text and "| unknown | 4 |" in text
     assert "- predicted lateral: 1" in text
-    assert "(`normal_abnormal_auc`) | 1.0000 | 1.000–1.000 | 2 | 1 |" in text
+    assert "(`normal_abnormal_auc`) | 1.0000 | 1.000 to 1.000 | 2 | 1 |" in text
     assert "(`false_boxes_per_negative`) | 1.0000 |  | 1 | 1 |" in text  # one negative: no interval
     rows = [line for line in text.splitlines() if line.startswith("| ") and "(`" in line]
     assert len(rows) >= 20
@@ -300,7 +300,7 @@ def test_write_report_and_metrics(tmp_path: Path) -> None:
     assert loaded["opacity_percent_auc_severe"] is None
     assert loaded["ci"]["opacity_map50"] == [0.0, 1.0]
     assert "### Paired differences" in text
-    assert "| ensemble AP@0.5 − detector B AP@0.5 | 0.000–1.000 |" in text
+    assert "| ensemble AP@0.5 − detector B AP@0.5 | 0.000 to 1.000 |" in text
     assert "percentile bootstrap, 1000 resamples (seed 0)" in text
 
 

@@ -372,12 +372,12 @@ def _metrics_table(metrics: Mapping[str, Any]) -> list[str]:
 
 
 def interval_text(metrics: Mapping[str, Any], key: str) -> str:
-    """``low–high`` of the metric's bootstrap interval (``metrics["ci"][key]``), empty without one."""
+    """``low to high`` of the metric's bootstrap interval (``metrics["ci"][key]``), empty without one."""
     intervals = metrics.get("ci")
     interval = intervals.get(key) if isinstance(intervals, Mapping) else None
     if not isinstance(interval, (list, tuple)) or len(interval) != 2:
         return ""
-    return f"{interval[0]:.3f}–{interval[1]:.3f}"
+    return f"{interval[0]:.3f} to {interval[1]:.3f}"
 
 
 # Paired differences in metrics["ci"] (not metrics of their own): key -> what it compares.
