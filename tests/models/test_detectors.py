@@ -268,6 +268,31 @@ def test_positive_weight_boosts_images_with_boxes_only() -> None:
     assert args.positive_weight == 1.0
 
 
+def test_per_source_map50_weighs_each_source_alike() -> None:
+    hit, miss = Box(10.0, 10.0, 30.0, 30.0), Box(60.0, 60.0, 80.0, 80.0)
+    # Three synthetic images found, one real image missed, one real known negative.
+    truth = [(hit,), (hit,), (hit,), (hit,), ()]
+    predictions = [(ScoredBox(hit, 0.9),)] * 3 + [(ScoredBox(miss, 0.8),), ()]
+    sources = ["mix", "mix", "mix", "ChestX-ray14", "ChestX-ray14"]
+    out = trainer.per_source_map50(predictions, truth, sources=sources)
+    assert out["map50_mix"] == pytest.approx(1.0)
+    assert out["map50_chestx_ray14"] == 0.0
+    assert out["map50_source_mean"] == pytest.approx(0.5)  # pooled over the images it would be 0.75
+    # A source without any reference box has no AP and does not enter the mean.
+    assert set(trainer.per_source_map50(predictions[:3] + [()], truth[:3] + [()], sources=["mix"] * 3 + ["neg"])) == {
+        "map50_mix", "map50_source_mean"}
+    with pytest.raises(ValueError, match="same images"):
+        trainer.per_source_map50(predictions, truth, sources=sources[:2])
+    assert trainer.source_key("covid-chestxray-dataset") == "covid_chestxray_dataset"
+    args = trainer.get_args_parser().parse_args(["--arch", "b", "--data", "d", "--out", "o"])
+    assert args.select_by == "map50"
+    with pytest.raises(ValueError, match="select_by"):
+        trainer.DetectorTask(
+            dataset=None, val_cache=None, val_truth=[], arch="b", no_crop=False, validate_whole=False, aux=None,  # type: ignore[arg-type]
+            sample_weights=None, select_by="loss",
+        )
+
+
 # --------------------------------------------------------------------------- trainer
 
 
@@ -282,8 +307,10 @@ def _train(arch: str, data: Path, out: Path, *extra: str) -> dict:
 @pytest.mark.parametrize("arch", ["a", "b"])
 def test_trainer_runs_and_resumes(arch: str, phantom_small: Path, tmp_path: Path) -> None:
     out = tmp_path / f"run_{arch}"
-    first = _train(arch, phantom_small, out, "--epochs", "1", "--max-steps", "2")
-    assert first["epochs"] == 1 and first["steps"] == 2 and first["metric"] == "map50"
+    first = _train(arch, phantom_small, out, "--epochs", "1", "--max-steps", "2", "--select-by", "map50_source_mean")
+    assert first["epochs"] == 1 and first["steps"] == 2 and first["metric"] == "map50_source_mean"
+    logged = json.loads((out / "train_log.jsonl").read_text().splitlines()[0])
+    assert logged["val_map50_source_mean"] == pytest.approx(logged[f"val_map50_{trainer.source_key(phantom_small.name)}"])
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
     assert {"model", "optimizer", "scheduler", "args", "epoch", "step"} <= set(checkpoint)
     assert checkpoint["args"]["arch"] == arch and checkpoint["epoch"] == 1

@@ -34,8 +34,11 @@ jitter is :func:`cxr_models.train.augment.jitter_intensity`, batched. Defaults (
 
 Validation (the patient-hash validation part) reports mAP@50 each epoch in the ORIGINAL pixel
 grid against the unclipped ground truth (``val_map50``; ``val_map50_whole`` is the same on whole
-images when training on crops). ``OUT/checkpoint.pt`` is the latest resumable state,
-``OUT/model_best.pt`` the best ``val_map50``, ``OUT/train_log.jsonl`` one line per epoch.
+images when training on crops), and per source (``val_map50_<source>`` for each source with a
+validation box, ``val_map50_source_mean`` their mean). ``OUT/checkpoint.pt`` is the latest
+resumable state, ``OUT/model_best.pt`` the best ``val_map50`` (or, with ``--select-by
+map50_source_mean``, the best mean over the sources, so a small real validation part counts as
+much as a large synthetic one), ``OUT/train_log.jsonl`` one line per epoch.
 
 Semi-supervised round: ``--pseudo-data DIR --teacher CKPT --pseudo-threshold 0.5`` lets the
 teacher (a checkpoint of this trainer, or a bare / fp16 state dict) predict on the frontal images
@@ -56,6 +59,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -438,6 +442,21 @@ def pseudo_label(
 # --------------------------------------------------------------------------- evaluation
 
 
+def predict_cache(
+    model: torch.nn.Module, cache: ImageCache, *, whole: bool, device: torch.device, arch: str
+) -> list[tuple[ScoredBox, ...]]:
+    """The model's boxes of every cached image, in original pixels, on crops or on whole images."""
+    detector = OpacityDetector(model, name=ARCHS[arch], device=device)
+    predictions: list[tuple[ScoredBox, ...]] = []
+    chunk = 32
+    for start in range(0, len(cache.items), chunk):
+        indices = range(start, min(start + chunk, len(cache.items)))
+        pairs = [make_input(cache, i, whole=whole, rng=None, jitter=0.0) for i in indices]
+        inputs = np.stack([p[0] for p in pairs])
+        predictions.extend(detector.predict_inputs(inputs, crops=[p[1] for p in pairs]))
+    return predictions
+
+
 def evaluate(
     model: torch.nn.Module,
     cache: ImageCache,
@@ -450,15 +469,37 @@ def evaluate(
     """mAP@50 in original pixels against unclipped ground truth, on crops or on whole images."""
     if not cache.items:
         return None
-    detector = OpacityDetector(model, name=ARCHS[arch], device=device)
-    predictions: list[tuple[ScoredBox, ...]] = []
-    chunk = 32
-    for start in range(0, len(cache.items), chunk):
-        indices = range(start, min(start + chunk, len(cache.items)))
-        pairs = [make_input(cache, i, whole=whole, rng=None, jitter=0.0) for i in indices]
-        inputs = np.stack([p[0] for p in pairs])
-        predictions.extend(detector.predict_inputs(inputs, crops=[p[1] for p in pairs]))
-    return average_precision(predictions, truth, iou_threshold=0.5).ap
+    return average_precision(predict_cache(model, cache, whole=whole, device=device, arch=arch), truth).ap
+
+
+def source_key(name: str) -> str:
+    """A source name as a metric-key suffix (``map50_<key>``): lower case, runs of other characters as ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "unknown"
+
+
+def per_source_map50(
+    predictions: Sequence[tuple[ScoredBox, ...]], truth: Sequence[tuple[Box, ...]], *, sources: Sequence[str]
+) -> dict[str, float]:
+    """``map50_<source>`` of each source with a reference box, and ``map50_source_mean``, their mean.
+
+    Pooled over sources, a large synthetic validation part outweighs a small real one; the mean of
+    the per-source APs weighs every source alike (``--select-by map50_source_mean``).
+    """
+    if not len(predictions) == len(truth) == len(sources):
+        raise ValueError(
+            f"predictions ({len(predictions)}), truth ({len(truth)}) and sources ({len(sources)}) must list the same images"
+        )
+    out: dict[str, float] = {}
+    for name in sorted(set(sources)):
+        index = [i for i, s in enumerate(sources) if s == name]
+        if not any(truth[i] for i in index):
+            continue
+        ap = average_precision([predictions[i] for i in index], [truth[i] for i in index]).ap
+        if ap is not None:
+            out[f"map50_{source_key(name)}"] = ap
+    if out:
+        out["map50_source_mean"] = float(np.mean(list(out.values())))
+    return out
 
 
 # --------------------------------------------------------------------------- auxiliary opacity loss
@@ -514,6 +555,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--positive-weight", type=float, default=1.0,
         help="multiply the sampling weight of training images with at least one box by this (1: the sources' weights only)",
+    )
+    parser.add_argument(
+        "--select-by", choices=SELECT_BY, default="map50",
+        help="validation figure that picks model_best.pt: mAP@50 pooled over the sources, or the mean of the "
+        "per-source mAP@50s (both are logged each epoch)",
     )
     parser.add_argument("--pseudo-data", type=Path, default=None, help="dataset whose unannotated frontal images get pseudo-labels")
     parser.add_argument("--teacher", type=Path, default=None, help="detector checkpoint that makes the pseudo-labels")
@@ -601,8 +647,14 @@ class AuxiliaryOpacity:
         return self.weight * aux_opacity_loss(self.head(features), opacity)
 
 
+# Which validation figure picks model_best.pt: the mAP@50 pooled over every source, or the mean of
+# the per-source mAP@50s (each source alike, however many validation boxes it has).
+SELECT_BY: tuple[str, ...] = ("map50", "map50_source_mean")
+
+
 class DetectorTask:
-    """The detector's work for :func:`cxr_models.train.engine.fit`: detection loss (+ auxiliary opacity loss) and val mAP@50."""
+    """The detector's work for :func:`cxr_models.train.engine.fit`: detection loss (+ auxiliary opacity loss) and
+    val mAP@50, pooled and per source (``map50_<source>``, ``map50_source_mean``); ``select_by`` picks the best epoch."""
 
     metric = "map50"
     higher_is_better = True
@@ -618,10 +670,16 @@ class DetectorTask:
         validate_whole: bool,
         aux: AuxiliaryOpacity | None,
         sample_weights: np.ndarray | None,
+        val_sources: Sequence[str] | None = None,
+        select_by: str = "map50",
     ) -> None:
+        if select_by not in SELECT_BY:
+            raise ValueError(f"select_by must be one of {SELECT_BY}, got {select_by!r}")
+        self.metric = select_by
         self.dataset = dataset
         self.val_cache = val_cache
         self.val_truth = list(val_truth)
+        self.val_sources = None if val_sources is None else list(val_sources)
         self.arch = arch
         self.no_crop = no_crop
         self.validate_whole = validate_whole
@@ -651,9 +709,13 @@ class DetectorTask:
 
     def validate(self, model: torch.nn.Module, *, device: torch.device) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        value = evaluate(model, self.val_cache, self.val_truth, whole=self.no_crop, device=device, arch=self.arch)
-        if value is not None:
-            metrics["map50"] = value
+        if self.val_cache.items:
+            predictions = predict_cache(model, self.val_cache, whole=self.no_crop, device=device, arch=self.arch)
+            value = average_precision(predictions, self.val_truth).ap
+            if value is not None:
+                metrics["map50"] = value
+            if self.val_sources is not None:
+                metrics.update(per_source_map50(predictions, self.val_truth, sources=self.val_sources))
         if self.validate_whole:
             whole = evaluate(model, self.val_cache, self.val_truth, whole=True, device=device, arch=self.arch)
             if whole is not None:
@@ -689,7 +751,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     task = DetectorTask(
         dataset=dataset, val_cache=val_cache, val_truth=[r.boxes or () for r in split.val], arch=args.arch,
         no_crop=args.no_crop, validate_whole=not args.no_crop and args.whole_image_fraction > 0, aux=aux,
-        sample_weights=weights,
+        sample_weights=weights, val_sources=[r.source or "unknown" for r in split.val], select_by=args.select_by,
     )
     task.acquisition = acquisition_from_args(args)
     defaults = dataclasses.replace(DEFAULTS, weight_decay=args.weight_decay)
