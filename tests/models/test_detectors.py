@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from cxr_models.evaluation.metrics import match_images
 from cxr_models.inference.detection import (
     DetectionEnsemble,
     OpacityDetector,
@@ -274,15 +275,15 @@ def test_per_source_map50_weighs_each_source_alike() -> None:
     truth = [(hit,), (hit,), (hit,), (hit,), ()]
     predictions = [(ScoredBox(hit, 0.9),)] * 3 + [(ScoredBox(miss, 0.8),), ()]
     sources = ["mix", "mix", "mix", "ChestX-ray14", "ChestX-ray14"]
-    out = trainer.per_source_map50(predictions, truth, sources=sources)
+    out = trainer.per_source_map50(match_images(predictions, truth), sources=sources)
     assert out["map50_mix"] == pytest.approx(1.0)
     assert out["map50_chestx_ray14"] == 0.0
     assert out["map50_source_mean"] == pytest.approx(0.5)  # pooled over the images it would be 0.75
     # A source without any reference box has no AP and does not enter the mean.
-    assert set(trainer.per_source_map50(predictions[:3] + [()], truth[:3] + [()], sources=["mix"] * 3 + ["neg"])) == {
-        "map50_mix", "map50_source_mean"}
+    no_box = match_images(predictions[:3] + [()], truth[:3] + [()])
+    assert set(trainer.per_source_map50(no_box, sources=["mix"] * 3 + ["neg"])) == {"map50_mix", "map50_source_mean"}
     with pytest.raises(ValueError, match="same images"):
-        trainer.per_source_map50(predictions, truth, sources=sources[:2])
+        trainer.per_source_map50(match_images(predictions, truth), sources=sources[:2])
     assert trainer.source_key("covid-chestxray-dataset") == "covid_chestxray_dataset"
     args = trainer.get_args_parser().parse_args(["--arch", "b", "--data", "d", "--out", "o"])
     assert args.select_by == "map50"

@@ -12,7 +12,8 @@ trainers held out.
 
 The pure part is :func:`measure` (records + per-study outcomes -> metrics, curves and the bootstrap
 statistics behind the 95 % intervals; :func:`compute_metrics` without the statistics), and
-:func:`compare_measurements` pairs two measurements of the same records. The I/O part (:func:`evaluate_dataset`) reads the images, runs the analyser study by study, and reduces
+:func:`compare_measurements` pairs two measurements of the same records. The I/O part
+(:func:`evaluate_dataset`) reads the images, runs the analyser study by study, and reduces
 each prediction right away to a :class:`StudyOutcome` (masks become overlap counts), so memory does
 not grow with full-size masks over a large dataset.
 
@@ -60,12 +61,12 @@ from cxr_models.evaluation.intervals import (
     DEFAULT_RESAMPLES,
     BootstrapSettings,
     Statistic,
-    difference_statistic,
     ap_difference_statistic,
     ap_statistic,
     auc_statistic,
     bootstrap_interval,
     dice_statistic,
+    difference_statistic,
     macro_auc_statistic,
     mean_statistic,
     spearman_statistic,

@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cxr_models.datasets import load_image, load_lung_mask, load_opacity_mask, read_dataset
-from cxr_models.evaluation.metrics import average_precision
+from cxr_models.evaluation.metrics import ImageMatches, average_precision, average_precision_of, match_images
 from cxr_models.imaging import resize
 from cxr_models.inference.crop import box_to_crop, crop_and_resize, decide_crop, expand_box
 from cxr_models.inference.detection import OpacityDetector
@@ -477,24 +477,22 @@ def source_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "unknown"
 
 
-def per_source_map50(
-    predictions: Sequence[tuple[ScoredBox, ...]], truth: Sequence[tuple[Box, ...]], *, sources: Sequence[str]
-) -> dict[str, float]:
+def per_source_map50(matches: Sequence[ImageMatches], *, sources: Sequence[str]) -> dict[str, float]:
     """``map50_<source>`` of each source with a reference box, and ``map50_source_mean``, their mean.
 
-    Pooled over sources, a large synthetic validation part outweighs a small real one; the mean of
-    the per-source APs weighs every source alike (``--select-by map50_source_mean``).
+    ``matches`` are the validation images' boxes matched once (:func:`match_images`), so each
+    source's AP reuses them. Pooled over sources, a large synthetic validation part outweighs a
+    small real one; the mean of the per-source APs weighs every source alike
+    (``--select-by map50_source_mean``).
     """
-    if not len(predictions) == len(truth) == len(sources):
-        raise ValueError(
-            f"predictions ({len(predictions)}), truth ({len(truth)}) and sources ({len(sources)}) must list the same images"
-        )
+    if len(matches) != len(sources):
+        raise ValueError(f"matches ({len(matches)}) and sources ({len(sources)}) must list the same images")
     out: dict[str, float] = {}
     for name in sorted(set(sources)):
-        index = [i for i, s in enumerate(sources) if s == name]
-        if not any(truth[i] for i in index):
+        chosen = [m for m, s in zip(matches, sources, strict=True) if s == name]
+        if not any(m.n_truth for m in chosen):
             continue
-        ap = average_precision([predictions[i] for i in index], [truth[i] for i in index]).ap
+        ap = average_precision_of(chosen).ap
         if ap is not None:
             out[f"map50_{source_key(name)}"] = ap
     if out:
@@ -711,11 +709,12 @@ class DetectorTask:
         metrics: dict[str, float] = {}
         if self.val_cache.items:
             predictions = predict_cache(model, self.val_cache, whole=self.no_crop, device=device, arch=self.arch)
-            value = average_precision(predictions, self.val_truth).ap
+            matches = match_images(predictions, self.val_truth)
+            value = average_precision_of(matches).ap
             if value is not None:
                 metrics["map50"] = value
             if self.val_sources is not None:
-                metrics.update(per_source_map50(predictions, self.val_truth, sources=self.val_sources))
+                metrics.update(per_source_map50(matches, sources=self.val_sources))
         if self.validate_whole:
             whole = evaluate(model, self.val_cache, self.val_truth, whole=True, device=device, arch=self.arch)
             if whole is not None:
